@@ -1,0 +1,1 @@
+"""autoresearch loop engine: no UI imports."""

@@ -1,0 +1,122 @@
+"""autoresearch: command-line entry point of the loop engine.
+
+Usage:
+  autoresearch check                                  hardware/CUDA/torch/uv report (JSON)
+  autoresearch setup --profile P --dataset D [--seq-len N] [--num-shards N]
+  autoresearch run                                    one experiment of the current train.py
+  autoresearch loop [--tag T] [--agent A] [--max N] [--min-delta X] [--timeout S] [--detach]
+  autoresearch status [--json]
+  autoresearch pause | resume | abort | stop
+  autoresearch idea "TEXT"
+  autoresearch results [--kept-only] [--json]
+  autoresearch plot [-o FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad usage as one sentence (exit 1) instead of a usage dump (exit 2)."""
+
+    def error(self, message: str):  # noqa: D401 - argparse hook
+        raise UserError(f"{message}; run `{self.prog} --help` for the valid options.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="autoresearch", description="Autonomous ML research loop: an agent edits train.py, "
+                "the engine keeps only what lowers val_bpb.")
+    p.add_argument("-C", "--workspace", default=".", help="workspace folder (default: current directory)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    sub.add_parser("check", help="report GPU, driver, CUDA, torch and uv availability as JSON")
+
+    s = sub.add_parser("setup", help="write constants.py and train.py size knobs for a hardware profile, "
+                       "then prepare data and tokenizer")
+    s.add_argument("--profile", default=None, help="h100 (default), a100-40gb, 24gb, 6gb, mps, cpu")
+    s.add_argument("--dataset", default=None, help="climbmix (default), fineweb-edu, tinystories, pystdlib, "
+                   "or a folder of .parquet/.txt files")
+    s.add_argument("--seq-len", type=int, default=None, help="override MAX_SEQ_LEN")
+    s.add_argument("--num-shards", type=int, default=None, help="training shards to download")
+    s.add_argument("--no-prepare", action="store_true", help="only write the files, do not prepare data")
+
+    sub.add_parser("run", help="run one experiment of the current train.py and print val_bpb and peak_vram_mb")
+
+    lp = sub.add_parser("loop", help="run the experiment loop")
+    lp.add_argument("--tag", default=None, help="branch autoresearch/<tag> (default: today's date, e.g. nov26)")
+    lp.add_argument("--agent", default=None,
+                    help="auto (default), claude, codex, anthropic, command, mutate")
+    lp.add_argument("--agent-cmd", default=None, help="command line for --agent command (run through the shell)")
+    lp.add_argument("--model", default=None, help="model name for the anthropic agent")
+    lp.add_argument("--max", type=int, default=None, help="stop after N experiments")
+    lp.add_argument("--min-delta", type=float, default=None, help="keep only if val_bpb < best - X (default 0)")
+    lp.add_argument("--simplify-tolerance", type=float, default=None,
+                    help="keep a simplification if val_bpb <= best + X (default 0.0005)")
+    lp.add_argument("--timeout", type=float, default=None,
+                    help="hard trainer timeout in seconds (default 2 x TIME_BUDGET + grace)")
+    lp.add_argument("--agent-timeout", type=float, default=None, help="agent timeout in seconds (default 900)")
+    lp.add_argument("--detach", action="store_true", help="run in the background, detached from this terminal")
+
+    st = sub.add_parser("status", help="engine status")
+    st.add_argument("--json", action="store_true")
+
+    for name, help_ in (("pause", "finish the current step, then hold"), ("resume", "continue after pause"),
+                        ("abort", "kill the running experiment now, revert, record it, then hold"),
+                        ("stop", "finish the current experiment and exit")):
+        sub.add_parser(name, help=help_)
+
+    i = sub.add_parser("idea", help="queue an idea for the agent's next proposal")
+    i.add_argument("text", nargs="+")
+
+    r = sub.add_parser("results", help="human-readable report of results.tsv")
+    r.add_argument("--kept-only", action="store_true")
+    r.add_argument("--json", action="store_true")
+
+    pl = sub.add_parser("plot", help="val_bpb over experiments with the running-best frontier")
+    pl.add_argument("-o", "--output", default="progress.png")
+    return p
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    # Imports are local so that `autoresearch status` stays fast and does not pay for torch.
+    from .workspace import Workspace
+
+    ws = Workspace.at(args.workspace)
+    cmd = args.command
+    if cmd == "check":
+        from .hardware import cmd_check
+        return cmd_check(args)
+    if cmd == "setup":
+        from .setup import cmd_setup
+        return cmd_setup(ws, args)
+    if cmd in ("run", "loop", "status", "pause", "resume", "abort", "stop", "idea"):
+        from . import commands
+        return getattr(commands, f"cmd_{cmd}")(ws, args)
+    if cmd == "results":
+        from .report import cmd_results
+        return cmd_results(ws, args)
+    if cmd == "plot":
+        from .plot import cmd_plot
+        return cmd_plot(ws, args)
+    build_parser().print_help()
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return dispatch(args) or 0
+    except UserError as e:
+        print(f"autoresearch: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("autoresearch: interrupted.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

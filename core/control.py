@@ -1,0 +1,79 @@
+"""Control commands (pause|resume|abort|stop) and the idea queue, exchanged through files in .autoresearch/."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from .workspace import Workspace, atomic_write_text
+
+COMMANDS = ("pause", "resume", "abort", "stop")
+
+
+def _private_dir(path: Path) -> Path:
+    """Create a 0700 folder: other users on a shared GPU box must not be able to steer this engine."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def send(ws: Workspace, command: str) -> Path:
+    """Write a command file atomically; the engine picks it up within a fraction of a second."""
+    if command not in COMMANDS:
+        raise ValueError(f"unknown control command {command!r}")
+    d = _private_dir(ws.control_dir)
+    path = d / command
+    atomic_write_text(path, json.dumps({"command": command, "ts": time.time(), "pid": os.getpid()}) + "\n", mode=0o600)
+    return path
+
+
+def take(ws: Workspace) -> list[str]:
+    """Consume pending command files (engine side), in a fixed priority order: abort, stop, pause, resume."""
+    d = ws.control_dir
+    if not d.is_dir():
+        return []
+    found = []
+    for cmd in ("abort", "stop", "pause", "resume"):
+        p = d / cmd
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            continue
+        found.append(cmd)
+    return found
+
+
+def queue_idea(ws: Workspace, text: str) -> Path:
+    """Queue an idea for the agent's next proposal; each idea is offered to exactly one proposal."""
+    text = " ".join(text.split())
+    if not text:
+        raise ValueError("empty idea")
+    d = _private_dir(ws.ideas_dir)
+    name = f"{time.time_ns():020d}-{os.getpid()}.txt"
+    atomic_write_text(d / name, text + "\n", mode=0o600)
+    return d / name
+
+
+def pending_ideas(ws: Workspace) -> list[str]:
+    d = ws.ideas_dir
+    if not d.is_dir():
+        return []
+    return [p.read_text(encoding="utf-8").strip() for p in sorted(d.glob("*.txt"))]
+
+
+def take_idea(ws: Workspace) -> str | None:
+    """Pop the oldest queued idea (engine side). The file is removed so it is never offered twice."""
+    d = ws.ideas_dir
+    if not d.is_dir():
+        return None
+    for p in sorted(d.glob("*.txt")):
+        try:
+            text = p.read_text(encoding="utf-8").strip()
+            p.unlink()
+        except FileNotFoundError:
+            continue
+        if text:
+            return text
+    return None

@@ -1,0 +1,1 @@
+"""autoresearch-tui: the Textual dashboard."""
