@@ -1,0 +1,164 @@
+"""`autoresearch results`: the human-readable (or JSON) report of results.tsv, like the seed's show-results.sh."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+
+from . import ledger as ledger_mod
+from .errors import UserError
+from .ledger import Ledger, Row
+from .workspace import Workspace
+
+TOP_N = 10
+RECENT_N = 20
+
+
+@dataclass
+class Summary:
+    rows: list[Row]
+    kept: int
+    discarded: int
+    crashed: int
+    baseline: Row | None
+    best: Row | None
+    deltas: list[float | None] = field(default_factory=list)  # per row: val_bpb - best before it (None if n/a)
+
+    @property
+    def total(self) -> int:
+        return len(self.rows)
+
+    @property
+    def keep_rate(self) -> float:
+        return self.kept / self.total if self.total else 0.0
+
+    @property
+    def improvements(self) -> list[tuple[Row, float]]:
+        """Kept rows that lowered the running best, with their delta (negative), best first."""
+        out = [(r, d) for r, d in zip(self.rows, self.deltas) if r.status == "keep" and d is not None and d < 0]
+        return sorted(out, key=lambda x: x[1])
+
+
+def summarize(ledger: Ledger) -> Summary:
+    """Counts, baseline, best and per-row deltas against the best kept result before each row."""
+    rows = ledger.rows
+    deltas: list[float | None] = []
+    running = None
+    for r in rows:
+        valid = r.status != "crash" and r.val_bpb > 0
+        deltas.append(r.val_bpb - running if valid and running is not None else None)
+        if r.status == "keep" and valid and (running is None or r.val_bpb < running):
+            running = r.val_bpb
+    return Summary(rows=rows, kept=sum(r.status == "keep" for r in rows),
+                   discarded=sum(r.status == "discard" for r in rows),
+                   crashed=sum(r.status == "crash" for r in rows),
+                   baseline=ledger.baseline, best=ledger.best, deltas=deltas)
+
+
+def printable(text: str) -> str:
+    """Descriptions come from agents: drop control characters so they cannot drive the terminal."""
+    return "".join(ch if ch.isprintable() else " " for ch in text)
+
+
+def load(ws: Workspace) -> Ledger:
+    """Read results.tsv; UserError if it does not exist; malformed lines are warned about on stderr."""
+    if not ws.results_tsv.is_file():
+        raise UserError(f"there is no results.tsv in {ws.root} yet; run `autoresearch loop` "
+                        "(or `autoresearch run`) first.")
+    ledger = ledger_mod.read(ws.results_tsv)
+    warning = ledger.warning()
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    return ledger
+
+
+def _row_json(r: Row, delta: float | None, index: int) -> dict:
+    return {"n": index, "commit": r.commit, "val_bpb": r.val_bpb, "memory_gb": r.memory_gb, "status": r.status,
+            "description": r.description, "delta": None if delta is None else round(delta, 6)}
+
+
+def to_json(s: Summary, kept_only: bool, bad_lines: list) -> dict:
+    improvement = None
+    if s.baseline and s.best:
+        improvement = s.baseline.val_bpb - s.best.val_bpb
+    rows = [_row_json(r, d, i + 1) for i, (r, d) in enumerate(zip(s.rows, s.deltas))
+            if not kept_only or r.status == "keep"]
+    return {
+        "experiments": s.total, "kept": s.kept, "discarded": s.discarded, "crashed": s.crashed,
+        "keep_rate": round(s.keep_rate, 4),
+        "baseline": _row_json(s.baseline, None, s.rows.index(s.baseline) + 1) if s.baseline else None,
+        "best": _row_json(s.best, None, s.rows.index(s.best) + 1) if s.best else None,
+        "improvement": None if improvement is None else round(improvement, 6),
+        "improvement_pct": (round(100 * improvement / s.baseline.val_bpb, 3)
+                            if improvement is not None and s.baseline.val_bpb else None),
+        "top_improvements": [{"commit": r.commit, "val_bpb": r.val_bpb, "delta": round(d, 6),
+                              "description": r.description} for r, d in s.improvements[:TOP_N]],
+        "rows": rows,
+        "malformed_lines": [{"line": n, "reason": why} for n, _text, why in bad_lines],
+    }
+
+
+def _table(s: Summary, indices: list[int]) -> list[str]:
+    out = [f"  {'#':>4}  {'commit':<7}  {'val_bpb':>8}  {'delta':>9}  {'mem_gb':>6}  {'status':<7}  description"]
+    for i in indices:
+        r, d = s.rows[i], s.deltas[i]
+        bpb = f"{r.val_bpb:.6f}" if r.status != "crash" else "-"
+        delta = f"{d:+.6f}" if d is not None else ("baseline" if r is s.baseline else "")
+        out.append(f"  {i + 1:>4}  {r.commit[:7]:<7}  {bpb:>8}  {delta:>9}  {r.memory_gb:>6.1f}  {r.status:<7}  "
+                   f"{printable(r.description)}")
+    return out
+
+
+def render(s: Summary, kept_only: bool) -> str:
+    lines = [f"Session summary: {s.total} experiment{'s' if s.total != 1 else ''}, "
+             f"{len(s.improvements)} improvement{'s' if len(s.improvements) != 1 else ''}",
+             f"  kept {s.kept}, discarded {s.discarded}, crashed {s.crashed} (keep rate {100 * s.keep_rate:.1f}%)"]
+    if s.best and s.baseline:
+        gain = s.baseline.val_bpb - s.best.val_bpb
+        pct = 100 * gain / s.baseline.val_bpb if s.baseline.val_bpb else 0.0
+        lines.append(f"Best val_bpb: {s.best.val_bpb:.6f} (started: {s.baseline.val_bpb:.6f}), "
+                     f"improvement {gain:.6f} ({pct:.2f}%), commit {s.best.commit[:7]}")
+    elif s.baseline:
+        lines.append(f"Baseline val_bpb: {s.baseline.val_bpb:.6f} (no kept result yet)")
+    else:
+        lines.append("No successful run yet.")
+    if kept_only:
+        idx = [i for i, r in enumerate(s.rows) if r.status == "keep"]
+        lines += ["", f"Kept experiments ({len(idx)}):"]
+        lines += _table(s, idx) if idx else ["  (none)"]
+        return "\n".join(lines)
+    imps = s.improvements[:TOP_N]
+    if imps:
+        lines += ["", "Top improvements:"]
+        lines += [f"  - {printable(r.description)}: {d:+.6f} val_bpb ({r.commit[:7]})" for r, d in imps]
+    recent = list(range(max(0, s.total - RECENT_N), s.total))
+    if recent:
+        title = "All experiments:" if len(recent) == s.total else f"Last {len(recent)} experiments:"
+        lines += ["", title] + _table(s, recent)
+    return "\n".join(lines)
+
+
+def _emit(text: str) -> None:
+    """Print, tolerating a reader that went away (`autoresearch results | head`)."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # stdout is gone; point it at devnull so the interpreter's final flush does not raise again
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def cmd_results(ws: Workspace, args) -> int:
+    """Entry point of `autoresearch results [--kept-only] [--json]`."""
+    ledger = load(ws)
+    s = summarize(ledger)
+    kept_only = bool(getattr(args, "kept_only", False))
+    if getattr(args, "json", False):
+        _emit(json.dumps(to_json(s, kept_only, ledger.bad_lines), indent=2))
+        return 0
+    if not s.rows:
+        _emit("results.tsv has no experiments yet.")
+        return 0
+    _emit(render(s, kept_only))
+    return 0
