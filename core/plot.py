@@ -31,62 +31,69 @@ def render_plot(ws: Workspace, output: Path) -> Path:
     matplotlib.use("Agg")  # no display on a GPU box over SSH
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(12, 6), dpi=120)
-    try:
-        best_v = min(r.val_bpb for _, r in valid)
-        lo, hi = _y_limits([r.val_bpb for _, r in valid], best_v, s.baseline.val_bpb if s.baseline else None)
-        ax.set_ylim(lo, hi)
-        ax.set_xlim(0.5, s.total + 0.5 + 0.12 * s.total)  # room for the last labels
-
-        disc = [(x, r.val_bpb) for x, r in valid if r.status != "keep" and r.val_bpb <= hi]
-        over = [(x, hi - 0.015 * (hi - lo)) for x, r in valid if r.status != "keep" and r.val_bpb > hi]
-        kept = [(x, r) for x, r in valid if r.status == "keep"]
-        if disc:
-            ax.scatter(*zip(*disc), s=18, color="#9e9e9e", alpha=0.7, label="discarded", zorder=2)
-        if over:
-            ax.scatter(*zip(*over), s=30, marker="^", color="#9e9e9e", zorder=2, label="discarded (off scale)")
-        if kept:
-            ax.scatter([x for x, _ in kept], [r.val_bpb for _, r in kept], s=36, color="#2e7d32",
-                       label="kept", zorder=4)
-        crashes = [x for x, r in points if r.status == "crash"]
-        if crashes:
-            ax.scatter(crashes, [lo + 0.02 * (hi - lo)] * len(crashes), marker="x", s=24, color="#c62828",
-                       label="crashed", zorder=3)
-
-        # running best frontier: a step that drops at every kept improvement
-        fx, fy, running = [], [], None
-        for x, r in points:
-            if r.status == "keep" and r.val_bpb > 0 and (running is None or r.val_bpb < running):
-                running = r.val_bpb
-            if running is not None:
-                fx.append(x)
-                fy.append(running)
-        if fx:
-            ax.step(fx, fy, where="post", color="#2e7d32", linewidth=1.6, alpha=0.9, label="running best",
-                    zorder=3)
-
-        for (x, r), d in ((p, s.deltas[p[0] - 1]) for p in kept):
-            if d is None or d < 0:  # label the baseline and real improvements
-                label = printable(r.description)
-                label = label if len(label) <= LABEL_CHARS else label[:LABEL_CHARS - 1] + "…"
-                # parse_math=False: a '$' in an agent's description must stay a dollar sign
-                ax.annotate(label, (x, r.val_bpb), xytext=(4, 6), textcoords="offset points", fontsize=7,
-                            rotation=25, color="#1b5e20", parse_math=False, zorder=5)
-
-        gain = ""
-        if s.baseline and s.best:
-            gain = f", best {s.best.val_bpb:.6f} (baseline {s.baseline.val_bpb:.6f})"
-        ax.set_title(f"autoresearch: {s.total} experiments, {s.kept} kept{gain}", fontsize=11)
-        ax.set_xlabel("experiment #")
-        ax.set_ylabel("val_bpb (lower is better)")
-        ax.grid(True, alpha=0.25)
-        ax.legend(loc="upper right", fontsize=8)
-        fig.tight_layout()
-        output.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(output)
-    finally:
-        plt.close(fig)
+    # svg.fonttype none: SVG text stays text (searchable, small) instead of glyph outlines
+    with plt.rc_context({"svg.fonttype": "none"}):
+        fig, ax = plt.subplots(figsize=(12, 6), dpi=120)
+        try:
+            _draw(ax, s, points, valid)
+            fig.tight_layout()
+            output.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(output)
+        finally:
+            plt.close(fig)
     return output
+
+
+def _draw(ax, s, points, valid) -> None:
+    """Points by status, the running-best step line and labels of the kept improvements."""
+    best_v = min(r.val_bpb for _, r in valid)
+    lo, hi = _y_limits([r.val_bpb for _, r in valid], best_v, s.baseline.val_bpb if s.baseline else None)
+    ax.set_ylim(lo, hi)
+    ax.set_xlim(0.5, s.total + 0.5 + 0.12 * s.total)  # room for the last labels
+
+    disc = [(x, r.val_bpb) for x, r in valid if r.status != "keep" and r.val_bpb <= hi]
+    over = [(x, hi - 0.015 * (hi - lo)) for x, r in valid if r.status != "keep" and r.val_bpb > hi]
+    kept = [(x, r) for x, r in valid if r.status == "keep"]
+    if disc:
+        ax.scatter(*zip(*disc), s=18, color="#9e9e9e", alpha=0.7, label="discarded", zorder=2)
+    if over:
+        ax.scatter(*zip(*over), s=30, marker="^", color="#9e9e9e", zorder=2, label="discarded (off scale)")
+    if kept:
+        ax.scatter([x for x, _ in kept], [r.val_bpb for _, r in kept], s=36, color="#2e7d32",
+                   label="kept", zorder=4)
+    crashes = [x for x, r in points if r.status == "crash"]
+    if crashes:
+        ax.scatter(crashes, [lo + 0.02 * (hi - lo)] * len(crashes), marker="x", s=24, color="#c62828",
+                   label="crashed", zorder=3)
+
+    # running best frontier: a step that drops at every kept improvement
+    fx, fy, running = [], [], None
+    for x, r in points:
+        if r.status == "keep" and r.val_bpb > 0 and (running is None or r.val_bpb < running):
+            running = r.val_bpb
+        if running is not None:
+            fx.append(x)
+            fy.append(running)
+    if fx:
+        ax.step(fx, fy, where="post", color="#2e7d32", linewidth=1.6, alpha=0.9, label="running best",
+                zorder=3)
+
+    for (x, r), d in ((p, s.deltas[p[0] - 1]) for p in kept):
+        if d is None or d < 0:  # label the baseline and real improvements
+            label = printable(r.description)
+            label = label if len(label) <= LABEL_CHARS else label[:LABEL_CHARS - 1] + "…"
+            # parse_math=False: a '$' in an agent's description must stay a dollar sign
+            ax.annotate(label, (x, r.val_bpb), xytext=(4, 6), textcoords="offset points", fontsize=7,
+                        rotation=25, color="#1b5e20", parse_math=False, zorder=5)
+
+    gain = ""
+    if s.baseline and s.best:
+        gain = f", best {s.best.val_bpb:.6f} (baseline {s.baseline.val_bpb:.6f})"
+    ax.set_title(f"autoresearch: {s.total} experiments, {s.kept} kept{gain}", fontsize=11)
+    ax.set_xlabel("experiment #")
+    ax.set_ylabel("val_bpb (lower is better)")
+    ax.grid(True, alpha=0.25)
+    ax.legend(loc="upper right", fontsize=8)
 
 
 def cmd_plot(ws: Workspace, args) -> int:
