@@ -33,6 +33,7 @@ TRAIN_PY = textwrap.dedent("""\
     SCALAR_LR = 0.5            # AdamW lr — per-layer scalars
     WEIGHT_DECAY = 0.2         # cautious weight decay, decays linearly to 0
     ADAM_BETAS = (0.8, 0.95)   # AdamW betas
+    MUON_MOMENTUM = (0.85, 0.95, 300)  # start, end, ramp steps
     WARMUP_RATIO = 0.0         # fraction of the budget for lr warm-up
     WARMDOWN_RATIO = 0.5       # fraction of the budget for linear lr warm-down
     FINAL_LR_FRAC = 0.0        # lr multiplier at the end of warm-down
@@ -158,6 +159,7 @@ def test_bounds_and_kinds(ws):
     assert all(c.new_text.startswith('"') for c in by["WINDOW_PATTERN"])  # quotes follow the original
     assert "MATRIX_LR 0.04 -> 0.05" in {c.description for c in by["MATRIX_LR"]}
     betas = {c.new_text for c in by["ADAM_BETAS"]}
+    assert {c.new_text for c in by["MUON_MOMENTUM"]} == {"(0.8, 0.95, 300)", "(0.9, 0.95, 300)", "(0.85, 0.93, 300)", "(0.85, 0.97, 300)"}
     assert "(0.85, 0.95)" in betas and "(0.8, 0.97)" in betas
 
 

@@ -31,7 +31,8 @@ from .base import Agent, AgentContext
 #   int    integer, shifted by one of `steps`
 #   pow2   integer power of two, halved or doubled (batch sizes keep their divisibility)
 #   choice one of `choices`
-#   betas  tuple (beta1, beta2): one of them moves toward or away from 1
+#   tuple  a tuple of numbers (Adam betas, Muon momentum ramp): one float element shifts by one of
+#          `steps` = ((index, shift), ...), clipped to [lo, hi]; the other elements stay as they are
 FACTORS = (0.5, 0.75, 1.25, 1.5, 2.0)
 
 
@@ -53,14 +54,14 @@ SPECS: dict[str, Spec] = {
     "WARMDOWN_RATIO": Spec("add", 0.0, 1.0, steps=(-0.2, -0.1, 0.1, 0.2)),
     "WARMUP_RATIO": Spec("add", 0.0, 0.5, steps=(-0.05, 0.05)),
     "FINAL_LR_FRAC": Spec("add", 0.0, 1.0, steps=(-0.05, 0.05, 0.1)),
-    "ADAM_BETAS": Spec("betas"),
+    "ADAM_BETAS": Spec("tuple", 0.5, 0.999, steps=((0, -0.05), (0, 0.05), (1, -0.02), (1, 0.02))),
+    "MUON_MOMENTUM": Spec("tuple", 0.5, 0.99, steps=((0, -0.05), (0, 0.05), (1, -0.02), (1, 0.02))),
     "DEPTH": Spec("int", 1, 32, steps=(-1, 1)),
     "ASPECT_RATIO": Spec("int", 16, 256, steps=(-16, 16)),
     "TOTAL_BATCH_SIZE": Spec("pow2", 2**10, 2**22),
     "DEVICE_BATCH_SIZE": Spec("pow2", 1, 1024),
     "WINDOW_PATTERN": Spec("choice", choices=("L", "SL", "SSL", "SSSL", "SSSSL", "SLSL")),
 }
-BETA_STEPS = ((0, -0.05), (0, 0.05), (1, -0.02), (1, 0.02))  # (index, shift); betas stay in [0.5, 0.999]
 DESCRIPTION_RE = re.compile(r"^([A-Z][A-Z0-9_]*) (.+?) -> (.+?)\s*$")
 
 
@@ -241,17 +242,21 @@ def candidates(consts: dict[str, Constant], seq_len: int | None) -> list[Change]
         elif spec.kind == "choice" and isinstance(v, str):
             for ch in spec.choices:
                 add(c, ch, _fmt_like(ch, c.text))
-        elif (spec.kind == "betas" and isinstance(v, (tuple, list)) and len(v) == 2
-              and all(isinstance(b, (int, float)) for b in v)):
-            for i, s in BETA_STEPS:
+        elif (spec.kind == "tuple" and isinstance(v, (tuple, list))
+              and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in v)):
+            for i, s in spec.steps:
+                if i >= len(v) or not isinstance(v[i], float):
+                    continue
                 nb = list(v)
-                nb[i] = round(min(max(nb[i] + s, 0.5), 0.999), 4)
-                nv = tuple(float(b) for b in nb)
-                add(c, nv, "(" + ", ".join(_fmt_beta(b) for b in nv) + ")")
+                nb[i] = round(min(max(nb[i] + s, spec.lo), spec.hi), 4)
+                nv = tuple(nb)
+                add(c, nv, "(" + ", ".join(_fmt_elem(b) for b in nv) + ")")
     return out
 
 
-def _fmt_beta(b: float) -> str:
+def _fmt_elem(b) -> str:
+    if isinstance(b, int):
+        return str(b)
     text = f"{b:.4g}"
     return text if "." in text else text + ".0"
 
