@@ -1,0 +1,235 @@
+"""The engine's CLI commands: run, loop, status, pause, resume, abort, stop, idea (dispatched by core.cli)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from . import config as config_mod
+from . import control, events, ledger
+from .errors import UserError
+from .runner import read_constant
+from .state import lock_held, lock_holder_pid, read_status, running_engine
+from .workspace import Workspace
+
+
+# --- checks before starting -------------------------------------------------------------------------
+
+def cache_root() -> Path:
+    env = os.environ.get("AUTORESEARCH_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "autoresearch"
+
+
+def dataset_dir(ws: Workspace) -> tuple[str | None, Path]:
+    """Where prepare.py keeps the workspace's dataset (same rule as prepare.dataset_dir, without importing torch)."""
+    dataset = read_constant(ws.root / "constants.py", "DATASET", None)
+    cache = cache_root()
+    if not isinstance(dataset, str) or not dataset:
+        return None, cache  # an upstream-style workspace: <cache>/data and <cache>/tokenizer
+    if "/" in dataset or os.sep in dataset or dataset.startswith((".", "~")) or Path(dataset).is_dir():
+        folder = Path(dataset).expanduser().resolve()
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "-", folder.name).strip("-.") or "folder"
+        digest = hashlib.sha1(str(folder).encode()).hexdigest()[:8]
+        return dataset, cache / f"local-{slug}-{digest}"
+    return dataset, cache / dataset
+
+
+def check_data(ws: Workspace) -> None:
+    """The trainer needs the prepared data and tokenizer: say so before any experiment is spent on it."""
+    dataset, d = dataset_dir(ws)
+    if dataset is None:
+        ok = (d / "tokenizer").is_dir() and any((d / "data").glob("*.parquet"))
+    else:
+        ok = (d / "tokenizer").is_dir() and any((d / "val").glob("*.parquet"))
+    if not ok:
+        name = f"dataset {dataset!r}" if dataset else "the dataset"
+        raise UserError(f"the data or tokenizer for {name} is missing in {d}; run `autoresearch setup` in the "
+                        "workspace first.")
+
+
+def _preflight(ws: Workspace):
+    from .ratchet import Ratchet
+    from .recovery import check_head
+
+    if not ws.root.is_dir():
+        raise UserError(f"workspace folder {ws.root} does not exist; pass an existing folder with -C.")
+    rat = Ratchet(ws.root)
+    check_head(rat)
+    if lock_held(ws):
+        pid = lock_holder_pid(ws)
+        raise UserError(f"another engine is already running in this workspace{f' (pid {pid})' if pid else ''}; "
+                        "watch it with `autoresearch status` or stop it with `autoresearch stop`.")
+    check_data(ws)
+    return rat
+
+
+# --- loop and run -----------------------------------------------------------------------------------
+
+def cmd_loop(ws: Workspace, args) -> int:
+    """autoresearch loop [--tag T] [--agent A] [--max N] ... [--detach]: run the experiment loop."""
+    cfg = config_mod.resolve(ws, args)
+    _preflight(ws)
+    from .agents import make_agent
+
+    agent = make_agent(cfg.agent, cfg.agent_config())
+    config_mod.save(ws, cfg)
+    if getattr(args, "detach", False):
+        from .detach import start_detached
+        return start_detached(ws, cfg)
+    from .engine import Engine
+    return Engine(ws, cfg, agent=agent).run()
+
+
+def cmd_run(ws: Workspace, args) -> int:
+    """autoresearch run: train the current train.py once (no git changes) and print val_bpb and peak_vram_mb."""
+    from .runner import LocalRunner
+
+    if not (ws.root / "train.py").is_file():
+        raise UserError(f"there is no train.py in {ws.root}; run this inside a workspace (or pass -C PATH).")
+    st = running_engine(ws)
+    if st and st.get("status") != "paused":
+        raise UserError(f"an engine is running in this workspace (pid {st.get('pid')}); pause it with "
+                        "`autoresearch pause` or stop it before a manual run.")
+    check_data(ws)
+    try:
+        saved = config_mod.load_saved(ws)
+    except UserError:
+        saved = {}
+    timeout = saved.get("timeout") if isinstance(saved.get("timeout"), (int, float)) else None
+    runner = LocalRunner(ws.root, timeout=timeout)
+    cancel = threading.Event()
+    old = None
+    if threading.current_thread() is threading.main_thread():
+        old = signal.signal(signal.SIGINT, lambda *_: cancel.set())
+    out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
+
+    def echo(data: bytes) -> None:
+        if out is not None:
+            out.write(data)
+            out.flush()
+
+    try:
+        res = runner.train([ws.run_log], None, cancel=cancel, on_output=echo)
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGINT, old)
+    if res.cancelled:
+        print("autoresearch: run interrupted.", file=sys.stderr)
+        return 130
+    if not res.ok:
+        print(f"autoresearch: the run crashed ({res.reason}); see {ws.run_log}.", file=sys.stderr)
+        return 1
+    print("---")
+    print(f"val_bpb:      {res.val_bpb:.6f}")
+    print(f"peak_vram_mb: {res.peak_vram_mb:.1f}")
+    return 0
+
+
+# --- status and control -----------------------------------------------------------------------------
+
+def _ago(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def status_text(ws: Workspace, st: dict) -> str:
+    lines = []
+    if st.get("alive"):
+        lines.append(f"engine: {st.get('status')} (pid {st.get('pid')}, phase {st.get('phase')}) on "
+                     f"{st.get('branch')}, agent {st.get('agent')}")
+    else:
+        last = f" (last: {st.get('message')})" if st.get("message") else ""
+        lines.append(f"engine: stopped{last}")
+    exp = st.get("experiment") if st.get("alive") else None
+    now = time.time()
+    if exp:
+        desc = exp.get("description") or "(proposing)"
+        line = f"experiment {exp.get('id')}: {desc}"
+        if exp.get("training_started_at"):
+            line += f", training for {_ago(now - exp['training_started_at'])}"
+            if exp.get("time_budget"):
+                line += f" of a {_ago(exp['time_budget'])} budget"
+        elif exp.get("started_at"):
+            line += f", started {_ago(now - exp['started_at'])} ago"
+        lines.append(line)
+    led = ledger.read(ws.results_tsv)
+    best, base = st.get("best") if st.get("alive") else None, led.baseline
+    if best and best.get("val_bpb"):
+        line = f"best: val_bpb {best['val_bpb']:.6f} ({str(best.get('commit'))[:7]})"
+        if base:
+            line += f", baseline {base.val_bpb:.6f} ({best['val_bpb'] - base.val_bpb:+.6f})"
+        lines.append(line)
+    elif led.best:
+        lines.append(f"best in results.tsv: val_bpb {led.best.val_bpb:.6f} ({led.best.commit})")
+    rows = led.rows
+    kept = sum(r.status == "keep" for r in rows)
+    crashed = sum(r.status == "crash" for r in rows)
+    ideas = len(control.pending_ideas(ws))
+    lines.append(f"results.tsv: {len(rows)} experiments ({kept} kept, {len(rows) - kept - crashed} discarded, "
+                 f"{crashed} crashed)" + (f"; {ideas} idea{'s' if ideas != 1 else ''} queued" if ideas else ""))
+    if led.bad_lines:
+        lines.append(f"warning: {led.warning()}")
+    return "\n".join(lines)
+
+
+def cmd_status(ws: Workspace, args) -> int:
+    """autoresearch status [--json]: engine state (a snapshot left by a dead engine reads as stopped)."""
+    st = read_status(ws)
+    if getattr(args, "json", False):
+        print(json.dumps(st, indent=2, sort_keys=True))
+    else:
+        print(status_text(ws, st))
+    return 0
+
+
+def _send(ws: Workspace, command: str, done: str) -> int:
+    if running_engine(ws) is None:
+        raise UserError(f"no engine is running in {ws.root}; start one with `autoresearch loop`.")
+    control.send(ws, command)
+    print(done)
+    return 0
+
+
+def cmd_pause(ws: Workspace, args) -> int:
+    return _send(ws, "pause", "pause requested: the engine holds after the current experiment.")
+
+
+def cmd_resume(ws: Workspace, args) -> int:
+    return _send(ws, "resume", "resume requested.")
+
+
+def cmd_abort(ws: Workspace, args) -> int:
+    return _send(ws, "abort", "abort requested: the running experiment is killed, reverted and recorded as a "
+                              "crash; the engine then holds (resume with `autoresearch resume`).")
+
+
+def cmd_stop(ws: Workspace, args) -> int:
+    return _send(ws, "stop", "stop requested: the engine exits after the current experiment.")
+
+
+def cmd_idea(ws: Workspace, args) -> int:
+    """autoresearch idea "TEXT": queue an idea; the next proposal takes it."""
+    text = " ".join(getattr(args, "text", None) or []).strip()
+    if not text:
+        raise UserError('the idea is empty; pass its text, e.g. autoresearch idea "try SwiGLU".')
+    if not ws.root.is_dir():
+        raise UserError(f"workspace folder {ws.root} does not exist; pass an existing folder with -C.")
+    control.queue_idea(ws, text)
+    events.emit(ws, "idea_queued", None, text=" ".join(text.split()))
+    n = len(control.pending_ideas(ws))
+    print(f"idea queued ({n} pending); the next proposal takes it.")
+    return 0
+
+
+def engine_status(ws: Workspace) -> dict:
+    """engine.json with `alive` (for other modules that want the same view as `autoresearch status --json`)."""
+    return read_status(ws)

@@ -1,0 +1,116 @@
+"""Loop options: defaults, the saved .autoresearch/config.json, and flags given on the command line."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, fields
+
+from .errors import UserError
+from .workspace import Workspace, atomic_write_json
+
+# saved to config.json, so a later `autoresearch loop` (or `s` in the TUI) restarts with the same options
+SAVED = ("tag", "agent", "agent_cmd", "model", "min_delta", "simplify_tolerance", "timeout", "agent_timeout")
+DEFAULT_AGENT_TIMEOUT = 900.0
+_TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+
+
+def default_tag(now: float | None = None) -> str:
+    """Month and day, e.g. nov26 (upstream's habit)."""
+    t = time.localtime(now)
+    return f"{_MONTHS[t.tm_mon - 1]}{t.tm_mday}"
+
+
+@dataclass
+class LoopConfig:
+    tag: str | None = None
+    agent: str = "auto"
+    agent_cmd: str | None = None
+    model: str | None = None
+    max_experiments: int | None = None  # not saved: a limit belongs to one session
+    min_delta: float = 0.0
+    simplify_tolerance: float = 0.0005
+    timeout: float | None = None  # trainer hard timeout; None: 2 x TIME_BUDGET + grace
+    agent_timeout: float = DEFAULT_AGENT_TIMEOUT
+
+    def agent_config(self) -> dict:
+        """What core.agents.make_agent gets."""
+        return {"agent_cmd": self.agent_cmd, "model": self.model, "timeout": self.agent_timeout}
+
+    def saved(self) -> dict:
+        return {k: getattr(self, k) for k in SAVED}
+
+    def validate(self) -> "LoopConfig":
+        if self.tag is not None and (not _TAG_RE.match(self.tag) or ".." in self.tag or self.tag.endswith(".lock")):
+            raise UserError(f"tag {self.tag!r} cannot be part of a branch name; use letters, digits, '.', '_' "
+                            "or '-' (e.g. --tag nov26).")
+        for name in ("min_delta", "simplify_tolerance"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+                raise UserError(f"--{name.replace('_', '-')} must be a number >= 0, not {v!r}.")
+        for name in ("timeout", "agent_timeout"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)
+                                  or not math.isfinite(v) or v <= 0):
+                raise UserError(f"--{name.replace('_', '-')} must be a number of seconds > 0, not {v!r}.")
+        if self.max_experiments is not None and self.max_experiments < 1:
+            raise UserError(f"--max must be at least 1, not {self.max_experiments}.")
+        if not isinstance(self.agent, str) or not self.agent:
+            raise UserError("the agent name is empty; pass --agent auto|claude|codex|anthropic|command|mutate.")
+        return self
+
+
+def load_saved(ws: Workspace) -> dict:
+    """The options of the last loop; a broken config.json is reported, never silently replaced."""
+    path = ws.config_json
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}; fix its permissions or delete it.") from None
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise UserError(f"{path} is not valid JSON ({e.msg}, line {e.lineno}); fix it or delete it to use "
+                        "the defaults.") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold a JSON object; fix it or delete it to use the defaults.")
+    return {k: data[k] for k in SAVED if k in data}
+
+
+def resolve(ws: Workspace, args=None, save_defaults: bool = True) -> LoopConfig:
+    """Flags given now win; then the saved options; then the defaults (tag: today's date)."""
+    cfg = LoopConfig()
+    known = {f.name for f in fields(LoopConfig)}
+    saved = load_saved(ws)
+    for k, v in saved.items():
+        if k in known and v is not None:
+            setattr(cfg, k, v)
+    if args is not None:
+        flag_map = {"tag": "tag", "agent": "agent", "agent_cmd": "agent_cmd", "model": "model",
+                    "max": "max_experiments", "min_delta": "min_delta",
+                    "simplify_tolerance": "simplify_tolerance", "timeout": "timeout",
+                    "agent_timeout": "agent_timeout"}
+        for flag, attr in flag_map.items():
+            v = getattr(args, flag, None)
+            if v is not None:
+                setattr(cfg, attr, v)
+    for name in ("min_delta", "simplify_tolerance", "timeout", "agent_timeout"):
+        v = getattr(cfg, name)
+        if isinstance(v, int) and not isinstance(v, bool):
+            setattr(cfg, name, float(v))
+    if cfg.tag is None:
+        cfg.tag = default_tag()
+    return cfg.validate()
+
+
+def save(ws: Workspace, cfg: LoopConfig) -> None:
+    atomic_write_json(ws.config_json, cfg.saved())
+
+
+def as_dict(cfg: LoopConfig) -> dict:
+    return asdict(cfg)

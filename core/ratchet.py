@@ -1,0 +1,271 @@
+"""Git operations of the loop (through GitPython): branch, commit, experiment refs, moving the branch back to the best."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+BRANCH_PREFIX = "autoresearch/"
+EXPERIMENT_REF_PREFIX = "refs/autoresearch/experiments/"
+_IDENTITY = {"GIT_AUTHOR_NAME": "autoresearch", "GIT_AUTHOR_EMAIL": "autoresearch@localhost",
+             "GIT_COMMITTER_NAME": "autoresearch", "GIT_COMMITTER_EMAIL": "autoresearch@localhost"}
+
+
+@dataclass(frozen=True)
+class StatusEntry:
+    code: str  # porcelain XY, e.g. " M", "A ", "??"
+    path: str
+
+    @property
+    def untracked(self) -> bool:
+        return self.code == "??"
+
+
+def parse_status(out: str) -> list[StatusEntry]:
+    """Parse `git status --porcelain=v1 -z` output (renames carry the old path as an extra field)."""
+    entries = []
+    fields = out.split("\0")
+    i = 0
+    while i < len(fields):
+        f = fields[i]
+        i += 1
+        if len(f) < 4:
+            continue
+        code, path = f[:2], f[3:]
+        entries.append(StatusEntry(code, path))
+        if code[0] in "RC":
+            if i < len(fields) and fields[i]:
+                entries.append(StatusEntry(code, fields[i]))  # the old path changed too
+            i += 1
+    return entries
+
+
+def numstat(patch: str) -> tuple[int, int]:
+    """(lines added, lines removed) of a unified diff."""
+    added = removed = 0
+    for line in patch.splitlines():
+        if line.startswith("+++") or line.startswith("---"):
+            continue
+        if line.startswith("+"):
+            added += 1
+        elif line.startswith("-"):
+            removed += 1
+    return added, removed
+
+
+def branch_name(tag: str) -> str:
+    return BRANCH_PREFIX + tag
+
+
+def experiment_ref(exp_id: str) -> str:
+    return EXPERIMENT_REF_PREFIX + exp_id
+
+
+class Ratchet:
+    """The git side of one workspace. Every call runs the real git; nothing here resets work it did not create."""
+
+    def __init__(self, root: Path):
+        import git  # GitPython; imported here so `core` stays light for the status commands
+
+        self.root = Path(root)
+        if not (self.root / ".git").exists():
+            try:
+                repo = git.Repo(self.root, search_parent_directories=False)
+            except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+                raise UserError(f"{self.root} is not a git repository; run `git init && git add -A && "
+                                "git commit -m init` there first (or create a workspace with the TUI demo).") from None
+        else:
+            try:
+                repo = git.Repo(self.root)
+            except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+                raise UserError(f"{self.root} is not a valid git repository; check its .git folder.") from None
+        self.repo = repo
+        self._git = repo.git
+        self._GitCommandError = git.GitCommandError
+        if not self._config("user.email") or not self._config("user.name"):
+            # commits must work in a fresh repo without a configured identity
+            self._git.update_environment(**_IDENTITY)
+
+    def _config(self, key: str) -> str:
+        try:
+            return self._git.config("--get", key).strip()
+        except Exception:
+            return ""
+
+    def git(self, *args, **kw) -> str:
+        return self._git.execute(["git", *args], **kw)
+
+    # --- queries -----------------------------------------------------------------------------------
+    def has_commits(self) -> bool:
+        try:
+            self.git("rev-parse", "--verify", "-q", "HEAD")
+            return True
+        except self._GitCommandError:
+            return False
+
+    def head(self) -> str:
+        if not self.has_commits():
+            raise UserError("the workspace repository has no commits yet; commit the trainer files first "
+                            "(`git add -A && git commit -m init`).")
+        return self.git("rev-parse", "HEAD").strip()
+
+    def rev(self, ref: str) -> str | None:
+        try:
+            return self.git("rev-parse", "--verify", "-q", ref + "^{commit}").strip() or None
+        except self._GitCommandError:
+            return None
+
+    def current_branch(self) -> str | None:
+        """The checked-out branch, or None on a detached HEAD."""
+        try:
+            return self.git("symbolic-ref", "-q", "--short", "HEAD").strip() or None
+        except self._GitCommandError:
+            return None
+
+    def branch_exists(self, name: str) -> bool:
+        return self.rev("refs/heads/" + name) is not None
+
+    def status(self) -> list[StatusEntry]:
+        out = self.git("status", "--porcelain=v1", "-z", "--untracked-files=all", strip_newline_in_stdout=False)
+        return parse_status(out)
+
+    def tracked_changes(self, entries: list[StatusEntry] | None = None) -> list[str]:
+        entries = self.status() if entries is None else entries
+        return sorted({e.path for e in entries if not e.untracked})
+
+    def untracked(self, entries: list[StatusEntry] | None = None) -> set[str]:
+        entries = self.status() if entries is None else entries
+        return {e.path for e in entries if e.untracked}
+
+    def diff(self, base: str, target: str | None = None, paths: tuple[str, ...] = ("train.py",)) -> str:
+        """Unified diff of paths from base to target (a commit) or to the working tree."""
+        args = ["diff", "--no-color", "--no-ext-diff", base]
+        if target:
+            args.append(target)
+        return self.git(*args, "--", *paths, strip_newline_in_stdout=False)
+
+    def differs_from_head(self, path: str) -> bool:
+        try:
+            self.git("diff", "--quiet", "HEAD", "--", path)
+            return False
+        except self._GitCommandError:
+            return True
+
+    def first_parent_history(self, ref: str = "HEAD", limit: int = 1000) -> list[str]:
+        return self.git("rev-list", "--first-parent", f"--max-count={limit}", ref).split()
+
+    def show_file(self, commit: str, path: str) -> str | None:
+        try:
+            return self.git("show", f"{commit}:{path}", strip_newline_in_stdout=False)
+        except self._GitCommandError:
+            return None
+
+    # --- changes -----------------------------------------------------------------------------------
+    def checkout_branch(self, name: str) -> bool:
+        """Check out branch `name`, creating it at HEAD if needed. Returns True when it was created.
+
+        Uncommitted edits (program.md) travel along: git refuses the switch rather than lose them.
+        """
+        created = not self.branch_exists(name)
+        if self.current_branch() == name:
+            return created
+        try:
+            if created:
+                self.git("checkout", "-q", "-b", name)
+            else:
+                self.git("checkout", "-q", name)
+        except self._GitCommandError as e:
+            raise UserError(f"could not switch to branch {name}: {_first_line(e)}; commit or revert your "
+                            "local changes first.") from None
+        return created
+
+    def commit_paths(self, paths: list[str], message: str) -> str:
+        """Commit exactly these paths (their working-tree state) with message; hooks are skipped."""
+        self.git("commit", "-q", "--no-verify", "--allow-empty-message", "-m", message, "--", *paths)
+        return self.head()
+
+    def snapshot(self, message: str, parent: str, paths: list[str] | tuple[str, ...] = ()) -> str:
+        """A commit of parent plus the working-tree state of paths, made through a temporary index: nothing
+        checked out, no branch moved. Keeps rejected or interrupted proposals browsable. No paths: a commit
+        with parent's tree (still a distinct sha, so its results.tsv row has its own commit)."""
+        fd, index = tempfile.mkstemp(prefix="autoresearch-index-")
+        os.close(fd)
+        os.unlink(index)  # git wants to create it itself
+        env = {"GIT_INDEX_FILE": index}
+        try:
+            self.git("read-tree", parent, env=env)
+            if paths:
+                self.git("add", "-A", "--", *paths, env=env)
+            tree = self.git("write-tree", env=env).strip()
+            return self.git("commit-tree", tree, "-p", parent, "-m", message or "(no description)", env=env).strip()
+        finally:
+            try:
+                os.unlink(index)
+            except FileNotFoundError:
+                pass
+
+    def set_ref(self, ref: str, sha: str) -> None:
+        self.git("update-ref", ref, sha)
+
+    def restore(self, tracked: list[str], new_files: list[str], keep_dir: Path | None = None) -> None:
+        """Undo a proposal: tracked paths back to HEAD (index and tree); files it created are moved into
+        keep_dir (or deleted without one) - a person might have created one meanwhile, so nothing is lost."""
+        if tracked:
+            head_files = set(self.git("ls-tree", "-r", "--name-only", "HEAD", "--", *tracked).split("\n"))
+            in_head = [p for p in tracked if p in head_files]
+            added = [p for p in tracked if p not in head_files]
+            if in_head:
+                self.git("checkout", "-q", "HEAD", "--", *in_head)
+            if added:
+                self.git("rm", "-q", "--cached", "-f", "--ignore-unmatch", "--", *added)
+                new_files = list(new_files) + added
+        for rel in new_files:
+            p = self.root / rel
+            try:
+                if not (p.is_file() or p.is_symlink()):
+                    continue
+                if keep_dir is not None:
+                    dest = Path(keep_dir) / rel
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(p, dest)
+                else:
+                    p.unlink()
+            except OSError:
+                continue
+            # remove folders the proposal created, if they are empty now
+            parent = p.parent
+            while parent != self.root and parent.is_dir():
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+                parent = parent.parent
+
+    def reset_keep(self, sha: str) -> None:
+        """Move the checked-out branch to sha. `--keep` refuses rather than lose local edits (a person's
+        program.md), so this never discards work the engine did not create."""
+        self.git("reset", "-q", "--keep", sha)
+
+    def move_branch(self, branch: str, sha: str, expected_old: str | None = None) -> None:
+        """Move a branch that is not checked out."""
+        args = ["update-ref", "refs/heads/" + branch, sha]
+        if expected_old:
+            args.append(expected_old)
+        self.git(*args)
+
+
+def _first_line(e: Exception) -> str:
+    text = getattr(e, "stderr", "") or str(e)
+    for line in str(text).splitlines():
+        line = line.strip().strip("'").strip()
+        if line and not line.startswith("stderr:"):
+            return line
+        if line.startswith("stderr:"):
+            rest = line[len("stderr:"):].strip().strip("'").strip()
+            if rest:
+                return rest
+    return "git failed"

@@ -1,0 +1,91 @@
+"""create_workspace: a fresh research workspace (trainer files, profile applied, .gitignore, first commit)."""
+
+from __future__ import annotations
+
+import inspect
+import shutil
+from pathlib import Path
+
+import core
+
+from .errors import UserError
+from .workspace import TRAINER_FILES, Workspace
+
+GITIGNORE = "results.tsv\nrun.log\n.autoresearch/\n__pycache__/\n*.pyc\n"
+
+
+def template_dir() -> Path:
+    """The trainer files: the project root next to core/, else a copy packaged inside core/ (wheel installs)."""
+    root = Path(core.__file__).resolve().parent.parent
+    if all((root / f).is_file() for f in TRAINER_FILES):
+        return root
+    packaged = Path(core.__file__).resolve().parent / "_trainer"
+    if all((packaged / f).is_file() for f in TRAINER_FILES):
+        return packaged
+    raise UserError(f"the trainer files ({', '.join(TRAINER_FILES)}) were not found next to the core package; "
+                    "reinstall autoresearch from its repository.")
+
+
+def _apply_profile(root: Path, profile: str, dataset: str | None, time_budget: float | None) -> None:
+    from .setup import apply_profile  # the trainer's side: rewrites constants.py and train.py's size knobs
+
+    params = inspect.signature(apply_profile).parameters
+    kwargs = {}
+    for name, value in (("dataset", dataset), ("time_budget", time_budget)):
+        if value is not None and name in params:
+            kwargs[name] = value
+    if "root" in params or "workspace" in params or "path" in params:
+        key = "root" if "root" in params else "workspace" if "workspace" in params else "path"
+        value = Workspace(root) if key == "workspace" else root
+        apply_profile(profile=profile, **{key: value}, **kwargs)
+    else:
+        apply_profile(root, profile, **kwargs)
+    if time_budget is not None and "time_budget" not in params:
+        _set_constant(root / "constants.py", "TIME_BUDGET", time_budget)
+
+
+def _set_constant(path: Path, name: str, value) -> None:
+    """Rewrite `NAME = ...` at the top level of a constants file, keeping its trailing comment."""
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if line.startswith(f"{name} =") or line.startswith(f"{name}="):
+            comment = line[line.index("#"):].rstrip("\n") if "#" in line else ""
+            lines[i] = f"{name} = {value!r}" + (f"  {comment}" if comment else "") + "\n"
+            break
+    else:
+        lines.append(f"{name} = {value!r}\n")
+    path.write_text("".join(lines), encoding="utf-8")
+
+
+def create_workspace(path, profile: str = "cpu", dataset: str = "pystdlib",
+                     time_budget: float | None = None) -> Workspace:
+    """Copy program.md, constants.py, prepare.py and train.py into path, apply the hardware profile, write
+    .gitignore and make the first commit. Data preparation is not done here (`autoresearch setup` does it)."""
+    import git
+
+    root = Path(path).expanduser().resolve()
+    if root.exists() and any(root.iterdir()):
+        if (root / ".git").exists() or any((root / f).exists() for f in TRAINER_FILES):
+            raise UserError(f"{root} already holds a workspace or a git repository; pick an empty folder.")
+    root.mkdir(parents=True, exist_ok=True)
+    src = template_dir()
+    for name in TRAINER_FILES:
+        shutil.copyfile(src / name, root / name)
+    _apply_profile(root, profile, dataset, time_budget)
+    (root / ".gitignore").write_text(GITIGNORE, encoding="utf-8")
+    repo = git.Repo.init(root)
+    with repo.config_writer() as cw:
+        # a local identity, so commits work on a machine without a global git config
+        if not _has_identity(repo):
+            cw.set_value("user", "name", "autoresearch")
+            cw.set_value("user", "email", "autoresearch@localhost")
+    repo.git.add("--", ".gitignore", *TRAINER_FILES)
+    repo.git.commit("-q", "--no-verify", "-m", f"autoresearch workspace ({profile} profile, {dataset} data)")
+    return Workspace(root)
+
+
+def _has_identity(repo) -> bool:
+    try:
+        return bool(repo.git.config("--get", "user.email").strip() and repo.git.config("--get", "user.name").strip())
+    except Exception:
+        return False
