@@ -1,0 +1,1136 @@
+"""Data download/build, BPE tokenizer, packed dataloader and the trusted val_bpb evaluation (read-only)."""
+
+from __future__ import annotations
+
+import argparse
+import array
+import atexit
+import bisect
+import hashlib
+import http.client
+import io
+import json
+import math
+import os
+import pickle
+import queue
+import random
+import re
+import resource
+import shutil
+import socket
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from constants import DATASET, EVAL_TOKENS, MAX_SEQ_LEN, TIME_BUDGET, VOCAB_SIZE
+
+__all__ = [
+    "MAX_SEQ_LEN", "TIME_BUDGET", "EVAL_TOKENS", "VOCAB_SIZE", "DATASET", "PrepareError", "Tokenizer",
+    "get_token_bytes", "make_dataloader", "evaluate_bpb", "finish_metrics", "peak_memory_mb", "prepare",
+]
+
+# The engine's trusted metrics channel. Popped at import so that train.py (which imports this module
+# before it does anything else) cannot find the path in its environment or pass it to children.
+_METRICS_FILE = os.environ.pop("AUTORESEARCH_METRICS_FILE", None)
+_TRUSTED_KEYS = ("val_bpb", "peak_vram_mb", "device", "dataset", "eval_tokens", "max_seq_len", "vocab_size")
+_metrics: dict = {}
+_evaluated = False
+
+# GPT-4's split pattern with numbers split in groups of at most 2 digits (\p{N}{1,2}, not {1,3}).
+SPLIT_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
+                 r"""|\s*[\r\n]|\s+(?!\S)|\s+""")
+SPECIAL_TOKENS = ["<|bos|>", "<|reserved_0|>", "<|reserved_1|>", "<|reserved_2|>"]  # BOS = the first
+BOS_TOKEN = SPECIAL_TOKENS[0]
+
+HF_BASE = "https://huggingface.co"           # override with AUTORESEARCH_HF_BASE (mirrors, tests)
+DOWNLOAD_RETRIES = 5                          # override with AUTORESEARCH_DOWNLOAD_RETRIES
+DOWNLOAD_BACKOFF_S = 1.0                      # first retry delay, doubled each time (AUTORESEARCH_DOWNLOAD_BACKOFF)
+DOWNLOAD_WORKERS = 8                          # parallel shard downloads
+SOCKET_TIMEOUT_S = 60                         # a stalled connection counts as a failed attempt
+TOKENIZER_CHARS = 1_000_000_000               # characters of training text the BPE sees (--tokenizer-chars)
+TOKENIZER_DOC_CHARS = 10_000                  # per-document cap so a few huge documents don't dominate the merges
+SHARD_CHARS = 64_000_000                      # characters per parquet shard we write ourselves
+ROW_GROUP_DOCS = 1024                         # documents per parquet row group (the dataloader streams row groups)
+VAL_PERCENT = 5                               # hash split for corpora without a designated validation file
+DOC_BUFFER = 1000                             # tokenized documents the best-fit packer chooses from
+TOKENIZE_BATCH = 256                          # documents per batched (multi-threaded) tokenizer call
+
+
+class PrepareError(Exception):
+    """An expected failure: str(e) is one sentence saying what is wrong and how to fix it."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Datasets and the cache
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a dataset comes from and how it is laid out in the cache."""
+
+    name: str                      # the value of DATASET / --dataset
+    kind: str                      # "shards" (HF parquet shards), "txt" (HF text files), "pystdlib", "folder"
+    repo: str = ""                 # HF dataset repository
+    last_shard: int = 0            # index of the last shard, pinned as validation ("shards")
+    train_file: str = ""           # "txt": training text file, documents separated by <|endoftext|>
+    val_file: str = ""             # "txt": validation text file
+    folder: Path | None = None     # "folder": the user's folder
+
+    @property
+    def shard_datasets(self) -> bool:
+        return self.kind == "shards"
+
+
+BUILTIN = {
+    "climbmix": Source("climbmix", "shards", repo="karpathy/climbmix-400b-shuffle", last_shard=6542),
+    "fineweb-edu": Source("fineweb-edu", "shards", repo="karpathy/fineweb-edu-100b-shuffle", last_shard=1822),
+    "tinystories": Source("tinystories", "txt", repo="roneneldan/TinyStories",
+                          train_file="TinyStoriesV2-GPT4-train.txt", val_file="TinyStoriesV2-GPT4-valid.txt"),
+    "pystdlib": Source("pystdlib", "pystdlib"),
+}
+DEFAULT_TRAIN_SHARDS = 10
+_DATASET_HINT = "climbmix, fineweb-edu, tinystories, pystdlib (offline) or a folder of .parquet/.txt files"
+
+
+def cache_root() -> Path:
+    """$AUTORESEARCH_CACHE or ~/.cache/autoresearch."""
+    env = os.environ.get("AUTORESEARCH_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "autoresearch"
+
+
+def resolve_dataset(name: str | os.PathLike | None = None) -> Source:
+    """The Source for a built-in name or a local folder path; PrepareError for anything else."""
+    name = str(DATASET if name is None else name)
+    if name in BUILTIN:
+        return BUILTIN[name]
+    if os.sep in name or "/" in name or name.startswith((".", "~")) or Path(name).is_dir():
+        folder = Path(name).expanduser().resolve()
+        if not folder.is_dir():
+            raise PrepareError(f"dataset folder {folder} does not exist: pass a folder of .parquet/.txt files "
+                               f"or one of {_DATASET_HINT}")
+        return Source(str(folder), "folder", folder=folder)
+    raise PrepareError(f"unknown dataset {name!r}: use {_DATASET_HINT}")
+
+
+def dataset_dir(source: Source | str | None = None) -> Path:
+    """<cache>/<dataset>; a local folder gets a slug of its name plus a short hash of its absolute path."""
+    src = source if isinstance(source, Source) else resolve_dataset(source)
+    if src.kind != "folder":
+        return cache_root() / src.name
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", src.folder.name).strip("-.") or "folder"
+    digest = hashlib.sha1(str(src.folder).encode()).hexdigest()[:8]
+    return cache_root() / f"local-{slug}-{digest}"
+
+
+def split_files(split: str, dataset: Source | str | None = None) -> list[Path]:
+    """Sorted parquet shards of one split ("train" or "val"); PrepareError if there are none."""
+    if split not in ("train", "val"):
+        raise PrepareError(f"unknown split {split!r}: use 'train' or 'val'")
+    src = dataset if isinstance(dataset, Source) else resolve_dataset(dataset)
+    files = sorted((dataset_dir(src) / split).glob("*.parquet"))
+    if not files:
+        raise PrepareError(f"no {split} data for dataset {src.name!r} in {dataset_dir(src) / split}: run "
+                           f"`uv run autoresearch setup ...` or `python prepare.py --dataset {src.name}`")
+    return files
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temp file beside path, then rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide cache files from other users of the box
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Downloads: parallel, resumable (HTTP Range into <name>.part), retried with backoff, verified
+
+
+class _Retryable(Exception):
+    """A failed attempt worth repeating (dropped connection, short body); the .part is kept and resumed."""
+
+
+class _Corrupt(_Retryable):
+    """The file arrived whole but does not verify; it is deleted and fetched from the start."""
+
+
+class _Stopped(Exception):
+    """Another download failed for good; this one gives up (keeping its .part for later)."""
+
+
+def hf_url(repo: str, filename: str) -> str:
+    base = os.environ.get("AUTORESEARCH_HF_BASE", HF_BASE).rstrip("/")
+    return f"{base}/datasets/{repo}/resolve/main/{filename}"
+
+
+def verify_parquet(path: Path, full: bool = True) -> int:
+    """Row count of a readable parquet file with a `text` column; _Retryable if truncated or corrupt.
+
+    full=False only reads the footer (cheap check of files already in the cache); full=True also
+    decodes every text value, which catches corruption inside the file. Raises _Corrupt.
+    """
+    try:
+        pf = pq.ParquetFile(path)
+        if "text" not in pf.schema_arrow.names:
+            raise _Corrupt(f"{path.name} has no `text` column")
+        rows = pf.metadata.num_rows
+        if full:
+            seen = sum(pf.read_row_group(i, columns=["text"]).num_rows for i in range(pf.num_row_groups))
+            if seen != rows:
+                raise _Corrupt(f"{path.name} holds {seen} rows, its footer says {rows}")
+        return rows
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise _Corrupt(f"{path.name} is not a readable parquet file ({e})") from e
+
+
+def _fetch_once(url: str, part: Path, stop: threading.Event) -> None:
+    """One HTTP attempt: continue part from its current size (Range) or start it over."""
+    have = part.stat().st_size if part.exists() else 0
+    headers = {"User-Agent": "autoresearch-prepare/1"}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    req = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(req, timeout=SOCKET_TIMEOUT_S) as resp:
+        total = None
+        if have and resp.status == 206:
+            m = re.match(r"bytes (\d+)-\d+/(\d+|\*)", resp.headers.get("Content-Range", ""))
+            if not m or int(m.group(1)) != have:
+                raise _Corrupt(f"the server answered an unexpected range {resp.headers.get('Content-Range')!r}")
+            total = int(m.group(2)) if m.group(2) != "*" else None
+            mode = "ab"
+        else:  # 200: the server ignored the Range header, so start over
+            length = resp.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            mode = "wb"
+        # Created only now, after the server answered: an unreachable host leaves nothing behind.
+        part.parent.mkdir(parents=True, exist_ok=True)
+        with open(part, mode) as f:
+            while True:
+                if stop.is_set():
+                    raise _Stopped()
+                chunk = resp.read(1 << 20)
+                if not chunk:
+                    break
+                f.write(chunk)
+    size = part.stat().st_size
+    if total is not None and size != total:
+        # http.client returns a short body without raising when the peer closes early.
+        raise _Retryable(f"the connection closed after {size} of {total} bytes")
+
+
+def download(url: str, dest: Path, *, verify=None, stop: threading.Event | None = None,
+             retries: int | None = None, backoff: float | None = None) -> Path:
+    """Fetch url to dest via dest.part: resumed, retried with exponential backoff, verified, renamed."""
+    stop = stop or threading.Event()
+    retries = int(os.environ.get("AUTORESEARCH_DOWNLOAD_RETRIES", DOWNLOAD_RETRIES)) if retries is None else retries
+    backoff = float(os.environ.get("AUTORESEARCH_DOWNLOAD_BACKOFF", DOWNLOAD_BACKOFF_S)) if backoff is None else backoff
+    part = dest.with_name(dest.name + ".part")
+    host = urllib.parse.urlsplit(url).netloc
+    last = "no attempt was made"
+    unreachable = False
+    for attempt in range(retries + 1):
+        if attempt:
+            if stop.wait(backoff * 2 ** (attempt - 1)):
+                raise _Stopped()
+        try:
+            try:
+                _fetch_once(url, part, stop)
+            except urllib.error.HTTPError as e:
+                if e.code != 416 or not part.exists():
+                    raise
+                # 416 after a Range request: the part is already complete (or longer than the file).
+            if verify is not None:
+                verify(part)
+            os.replace(part, dest)
+            return dest
+        except _Stopped:
+            raise
+        except urllib.error.HTTPError as e:
+            last, unreachable = f"HTTP {e.code}", False
+            if e.code == 416:
+                part.unlink(missing_ok=True)
+            elif e.code < 500 and e.code not in (408, 429):
+                raise PrepareError(f"{host} answered HTTP {e.code} for {dest.name}: check the dataset name, "
+                                   f"--num-shards and AUTORESEARCH_HF_BASE") from None
+        except _Corrupt as e:
+            last, unreachable = str(e), False
+            part.unlink(missing_ok=True)  # resuming a corrupt file would only extend the damage
+        except _Retryable as e:
+            last, unreachable = str(e), False
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            reason = getattr(e, "reason", e)
+            last = str(reason) or type(reason).__name__
+            unreachable = isinstance(e, urllib.error.URLError) or isinstance(reason, (socket.gaierror, ConnectionRefusedError))
+    if unreachable:
+        raise PrepareError(f"cannot reach {host} to download {dest.name} ({last}): check the network or proxy, "
+                           f"or use --dataset pystdlib for an offline corpus")
+    raise PrepareError(f"downloading {dest.name} from {host} failed {retries + 1} times (last: {last}): run "
+                       f"prepare.py again to resume, or use --dataset pystdlib for an offline corpus")
+
+
+def download_all(jobs: list[tuple[str, Path]], verify=verify_parquet, log=print,
+                 workers: int = DOWNLOAD_WORKERS) -> None:
+    """Download (url, dest) pairs in parallel; the first permanent failure stops the others."""
+    if not jobs:
+        return
+    stop = threading.Event()
+    done = [0]
+    lock = threading.Lock()
+
+    def one(job):
+        url, dest = job
+        if stop.is_set():
+            raise _Stopped()
+        t0 = time.time()
+        try:
+            download(url, dest, verify=verify, stop=stop)
+        except PrepareError:
+            stop.set()
+            raise
+        with lock:
+            done[0] += 1
+            log(f"  [{done[0]}/{len(jobs)}] {dest.parent.name}/{dest.name} "
+                f"{dest.stat().st_size / 1e6:.1f} MB in {time.time() - t0:.1f} s")
+
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs))), thread_name_prefix="download") as pool:
+        futures = [pool.submit(one, job) for job in jobs]
+        errors = [f.exception() for f in futures]
+    for err in errors:
+        if isinstance(err, PrepareError):
+            raise err
+    for err in errors:
+        if err is not None and not isinstance(err, _Stopped):
+            raise err
+
+
+# ---------------------------------------------------------------------------------------------------
+# Building the datasets in the cache
+
+
+def _write_shard(path: Path, docs: list[str]) -> None:
+    """One parquet shard with a `text` column, written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(pa.table({"text": pa.array(docs, type=pa.string())}), tmp, row_group_size=ROW_GROUP_DOCS)
+    os.replace(tmp, path)
+
+
+class _ShardWriter:
+    """Cuts a stream of documents into shard_00000.parquet, shard_00001.parquet, ... of ~SHARD_CHARS."""
+
+    def __init__(self, folder: Path, shard_chars: int = SHARD_CHARS):
+        self.folder, self.shard_chars = folder, shard_chars
+        self.docs: list[str] = []
+        self.chars = 0
+        self.shards = 0
+        self.total_docs = 0
+
+    def add(self, doc: str) -> None:
+        self.docs.append(doc)
+        self.chars += len(doc)
+        self.total_docs += 1
+        if self.chars >= self.shard_chars:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.docs:
+            _write_shard(self.folder / f"shard_{self.shards:05d}.parquet", self.docs)
+            self.shards += 1
+            self.docs, self.chars = [], 0
+
+
+def _in_val(key: str) -> bool:
+    """Deterministic ~VAL_PERCENT% hash split (stable across machines and Python runs)."""
+    return int.from_bytes(hashlib.sha1(key.encode("utf-8", "surrogatepass")).digest()[:4], "big") % 100 < VAL_PERCENT
+
+
+def _swap_in(build: Path, target: Path) -> None:
+    """Replace target/{train,val} with the freshly built ones."""
+    for split in ("train", "val"):
+        shutil.rmtree(target / split, ignore_errors=True)
+        os.replace(build / split, target / split)
+    build.rmdir()
+
+
+def _fresh_build_dir(target: Path) -> Path:
+    """target/.build/{train,val}, empty (left-overs of an interrupted build are discarded)."""
+    build = target / ".build"
+    shutil.rmtree(build, ignore_errors=True)
+    (build / "train").mkdir(parents=True)
+    (build / "val").mkdir()
+    return build
+
+
+def stdlib_documents() -> list[tuple[str, str]]:
+    """(relative path, source text) of every UTF-8 .py file of this Python's standard library, sorted."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    docs = []
+    for path in sorted(root.rglob("*.py"), key=lambda p: p.relative_to(root).as_posix()):
+        rel = path.relative_to(root)
+        if rel.parts[0] in ("site-packages", "dist-packages") or not path.is_file():
+            continue
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue  # a few test files are deliberately in other encodings
+        if text.strip():
+            docs.append((rel.as_posix(), text))
+    return docs
+
+
+def build_pystdlib(target: Path, log=print) -> None:
+    """The offline corpus: stdlib sources, one document per file, hash-split by path into train/val."""
+    signature = {"python": sys.version, "stdlib": sysconfig.get_paths()["stdlib"], "version": 1}
+    marker = target / "data.json"
+    if (_read_json(marker) or {}).get("signature") == signature and list((target / "val").glob("*.parquet")):
+        log(f"  pystdlib corpus already built in {target}")
+        return
+    t0 = time.time()
+    docs = stdlib_documents()
+    if not docs:
+        raise PrepareError(f"no Python sources found under {sysconfig.get_paths()['stdlib']}: "
+                           f"use another --dataset")
+    # Order documents by a hash of their path: deterministic, yet modules are mixed within a shard.
+    docs.sort(key=lambda d: hashlib.sha1(d[0].encode()).hexdigest())
+    build = _fresh_build_dir(target)
+    train, val = _ShardWriter(build / "train", shard_chars=8_000_000), _ShardWriter(build / "val")
+    for rel, text in docs:
+        (val if _in_val(rel) else train).add(text)
+    train.flush()
+    val.flush()
+    _swap_in(build, target)
+    _atomic_write(marker, json.dumps({"signature": signature, "train_docs": train.total_docs,
+                                      "val_docs": val.total_docs}, indent=1).encode())
+    log(f"  pystdlib: {train.total_docs} train / {val.total_docs} val documents from "
+        f"{signature['stdlib']} in {time.time() - t0:.1f} s")
+
+
+_TXT_SEP = "<|endoftext|>"
+_TXT_MAX_DOC = 100_000  # longer pieces (books, logs) are cut at line ends so the packer can use them
+
+
+def _split_long(piece: str):
+    piece = piece.strip()
+    while len(piece) > _TXT_MAX_DOC:
+        cut = piece.rfind("\n", 0, _TXT_MAX_DOC)
+        cut = cut if cut > 0 else _TXT_MAX_DOC
+        yield piece[:cut]
+        piece = piece[cut:].strip()
+    if piece:
+        yield piece
+
+
+def _txt_documents(path: Path, chunk_chars: int = 1 << 24):
+    """Documents of a text file: split on <|endoftext|> if present, long pieces cut at line ends."""
+    carry = ""
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        while True:
+            chunk = f.read(chunk_chars)
+            pieces = (carry + chunk).split(_TXT_SEP)
+            carry = pieces.pop() if chunk else ""
+            for piece in pieces:
+                yield from _split_long(piece)
+            if not chunk:
+                return
+            if len(carry) > 4 * _TXT_MAX_DOC:
+                # A long stretch without separator: emit its front so memory (and the split cost) stay
+                # bounded; keep the tail, which may end inside a separator.
+                cut = carry.rfind("\n", 0, len(carry) - len(_TXT_SEP))
+                if cut > 0:
+                    yield from _split_long(carry[:cut])
+                    carry = carry[cut:]
+
+
+def _parquet_documents(path: Path):
+    pf = pq.ParquetFile(path)
+    if "text" not in pf.schema_arrow.names:
+        raise PrepareError(f"{path} has no `text` column: a dataset folder needs parquet files with a text "
+                           f"column or .txt files")
+    for i in range(pf.num_row_groups):
+        for text in pf.read_row_group(i, columns=["text"]).column("text").to_pylist():
+            if text:
+                yield text
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    files = [p for p in folder.rglob("*") if p.suffix in (".parquet", ".txt") and p.is_file()
+             and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def build_folder(src: Source, target: Path, log=print) -> None:
+    """A local folder: the last file (sorted) is validation, or ~5% of documents when there is one file."""
+    files = _folder_files(src.folder)
+    if not files:
+        raise PrepareError(f"folder {src.folder} holds no .parquet or .txt files: add some, or use "
+                           f"--dataset pystdlib for an offline corpus")
+    signature = [[p.relative_to(src.folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    marker = target / "data.json"
+    if (_read_json(marker) or {}).get("signature") == signature:
+        log(f"  {src.folder} already converted in {target}")
+        return
+    t0 = time.time()
+    build = _fresh_build_dir(target)
+    train, val = _ShardWriter(build / "train"), _ShardWriter(build / "val")
+    for i, path in enumerate(files):
+        docs = _parquet_documents(path) if path.suffix == ".parquet" else _txt_documents(path)
+        for doc in docs:
+            if len(files) > 1:
+                (val if i == len(files) - 1 else train).add(doc)
+            else:
+                (val if _in_val(doc) else train).add(doc)
+    if val.total_docs == 0 and train.docs:
+        val.add(train.docs.pop())  # tiny single-file corpus: the hash split gave validation nothing
+        train.total_docs -= 1
+    train.flush()
+    val.flush()
+    if train.total_docs == 0 or val.total_docs == 0:
+        shutil.rmtree(build, ignore_errors=True)
+        raise PrepareError(f"folder {src.folder} holds too little text to make both a training and a "
+                           f"validation split: add more documents")
+    _swap_in(build, target)
+    _atomic_write(marker, json.dumps({"signature": signature, "train_docs": train.total_docs,
+                                      "val_docs": val.total_docs}, indent=1).encode())
+    log(f"  {src.folder}: {train.total_docs} train / {val.total_docs} val documents in {time.time() - t0:.1f} s")
+
+
+def fetch_shards(src: Source, target: Path, num_shards: int, log=print) -> None:
+    """HF parquet shards: train/shard_00000..N-1 plus the pinned last shard in val/."""
+    if not 1 <= num_shards <= src.last_shard:
+        raise PrepareError(f"--num-shards must be between 1 and {src.last_shard} for {src.name}, "
+                           f"not {num_shards}")
+    wanted = [(target / "train" / f"shard_{i:05d}.parquet") for i in range(num_shards)]
+    wanted.append(target / "val" / f"shard_{src.last_shard:05d}.parquet")
+    jobs = []
+    for dest in wanted:
+        if dest.exists():
+            try:
+                verify_parquet(dest, full=False)
+                continue
+            except _Corrupt as e:
+                log(f"  {dest.name} is damaged ({e}); fetching it again")
+                dest.unlink()
+        jobs.append((hf_url(src.repo, dest.name), dest))
+    if not jobs:
+        log(f"  all {len(wanted)} shards already in {target}")
+        return
+    log(f"  downloading {len(jobs)} of {len(wanted)} shards from {urllib.parse.urlsplit(jobs[0][0]).netloc} "
+        f"({src.repo})")
+    download_all(jobs, log=log)
+
+
+def fetch_txt(src: Source, target: Path, log=print) -> None:
+    """HF text files (TinyStories): downloaded to raw/, converted to parquet shards, raw text removed."""
+    marker = target / "data.json"
+    signature = {"repo": src.repo, "train": src.train_file, "val": src.val_file, "version": 1}
+    if (_read_json(marker) or {}).get("signature") == signature:
+        log(f"  {src.name} already converted in {target}")
+        return
+    raw = target / "raw"
+    jobs = [(hf_url(src.repo, f), raw / f) for f in (src.val_file, src.train_file) if not (raw / f).exists()]
+    if jobs:
+        log(f"  downloading {len(jobs)} text files from {urllib.parse.urlsplit(jobs[0][0]).netloc} ({src.repo})")
+    download_all(jobs, verify=None, log=log)
+    t0 = time.time()
+    build = _fresh_build_dir(target)
+    train, val = _ShardWriter(build / "train"), _ShardWriter(build / "val")
+    for doc in _txt_documents(raw / src.train_file):
+        train.add(doc)
+    for doc in _txt_documents(raw / src.val_file):
+        val.add(doc)
+    train.flush()
+    val.flush()
+    if not train.total_docs or not val.total_docs:
+        raise PrepareError(f"the downloaded {src.name} files hold no documents: delete {raw} and run "
+                           f"prepare.py again")
+    _swap_in(build, target)
+    _atomic_write(marker, json.dumps({"signature": signature, "train_docs": train.total_docs,
+                                      "val_docs": val.total_docs}, indent=1).encode())
+    for f in (src.train_file, src.val_file):
+        (raw / f).unlink(missing_ok=True)
+    raw.rmdir()
+    log(f"  {src.name}: {train.total_docs} train / {val.total_docs} val documents in {time.time() - t0:.1f} s")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tokenizer: byte-level BPE trained with rustbpe, used through tiktoken
+
+
+def _training_texts(files: list[Path], max_chars: int):
+    """Documents (each capped at TOKENIZER_DOC_CHARS) until max_chars characters have been yielded."""
+    seen = 0
+    for path in files:
+        pf = pq.ParquetFile(path)
+        for i in range(pf.num_row_groups):
+            for text in pf.read_row_group(i, columns=["text"]).column("text").to_pylist():
+                if not text:
+                    continue
+                text = text[:TOKENIZER_DOC_CHARS]
+                yield text
+                seen += len(text)
+                if seen >= max_chars:
+                    return
+
+
+def train_tokenizer(src: Source, vocab_size: int, max_chars: int = TOKENIZER_CHARS, log=print) -> Path:
+    """Train the BPE on the training split and save tokenizer.pkl, token_bytes.pt and meta.json."""
+    import rustbpe
+    import tiktoken
+
+    n_merge_vocab = vocab_size - len(SPECIAL_TOKENS)
+    if n_merge_vocab < 257:
+        raise PrepareError(f"vocab size {vocab_size} is too small: use at least {257 + len(SPECIAL_TOKENS)}")
+    files = split_files("train", src)
+    t0 = time.time()
+    counted = [0]
+
+    def texts():
+        for text in _training_texts(files, max_chars):
+            counted[0] += len(text)
+            yield text
+
+    bpe = rustbpe.Tokenizer()
+    bpe.train_from_iterator(texts(), n_merge_vocab, pattern=SPLIT_PATTERN)
+    ranks = {bytes(b): int(r) for b, r in bpe.get_mergeable_ranks()}
+    if len(ranks) != n_merge_vocab:
+        raise PrepareError(f"the training text of {src.name} is too small for a vocabulary of {vocab_size} "
+                           f"tokens (only {len(ranks) + len(SPECIAL_TOKENS)} learned): add text or lower VOCAB_SIZE")
+    specials = {tok: n_merge_vocab + i for i, tok in enumerate(SPECIAL_TOKENS)}
+    params = {"name": f"autoresearch-{vocab_size}", "pat_str": bpe.get_pattern(),
+              "mergeable_ranks": ranks, "special_tokens": specials}
+    enc = tiktoken.Encoding(**params)
+    assert enc.n_vocab == vocab_size
+    out = dataset_dir(src) / "tokenizer"
+    out.mkdir(parents=True, exist_ok=True)
+    token_bytes = _token_bytes_of(enc)
+    buf = io.BytesIO()
+    torch.save(token_bytes.to(torch.int32), buf)
+    _atomic_write(out / "token_bytes.pt", buf.getvalue())
+    _atomic_write(out / "tokenizer.pkl", pickle.dumps(params))
+    seconds = time.time() - t0
+    meta = {"vocab_size": vocab_size, "dataset": src.name, "chars_trained": counted[0],
+            "max_chars": max_chars, "special_tokens": SPECIAL_TOKENS, "bos_token": BOS_TOKEN,
+            "train_seconds": round(seconds, 2)}
+    # meta.json last: its presence with the right vocab_size means the folder is complete.
+    _atomic_write(out / "meta.json", json.dumps(meta, indent=1).encode())
+    log(f"  tokenizer: {vocab_size} tokens from {counted[0] / 1e6:.1f} M characters in {seconds:.1f} s")
+    return out
+
+
+def _token_bytes_of(enc) -> torch.Tensor:
+    """UTF-8 byte length of every token id; 0 for the special tokens (they are not text)."""
+    specials = set(enc.special_tokens_set)
+    special_ids = {enc.encode_single_token(s) for s in specials}
+    return torch.tensor([0 if i in special_ids else len(enc.decode_single_token_bytes(i))
+                         for i in range(enc.n_vocab)], dtype=torch.long)
+
+
+def tokenizer_dir(dataset: Source | str | None = None) -> Path:
+    return dataset_dir(dataset) / "tokenizer"
+
+
+class Tokenizer:
+    """The trained BPE (a tiktoken.Encoding) with the helpers train.py needs."""
+
+    def __init__(self, enc, path: Path | None = None):
+        self.enc = enc
+        self.path = path
+        self.bos_token_id = enc.encode_single_token(BOS_TOKEN)
+
+    @classmethod
+    def from_directory(cls, path: str | os.PathLike | None = None) -> "Tokenizer":
+        """Load a tokenizer folder (default: the one of constants.DATASET, checked against VOCAB_SIZE)."""
+        import tiktoken
+
+        default = path is None
+        folder = tokenizer_dir() if default else Path(path)
+        meta = _read_json(folder / "meta.json")
+        if meta is None or not (folder / "tokenizer.pkl").exists():
+            raise PrepareError(f"no tokenizer in {folder}: run `uv run autoresearch setup ...` or "
+                               f"`python prepare.py` first")
+        if default and meta.get("vocab_size") != VOCAB_SIZE:
+            raise PrepareError(f"the tokenizer in {folder} has {meta.get('vocab_size')} tokens but VOCAB_SIZE "
+                               f"is {VOCAB_SIZE}: run `python prepare.py` to retrain it")
+        with open(folder / "tokenizer.pkl", "rb") as f:
+            params = pickle.load(f)
+        return cls(tiktoken.Encoding(**params), folder)
+
+    def get_vocab_size(self) -> int:
+        return self.enc.n_vocab
+
+    def get_bos_token_id(self) -> int:
+        return self.bos_token_id
+
+    def _special_id(self, token: int | str) -> int:
+        return token if isinstance(token, int) else self.enc.encode_single_token(token)
+
+    def encode(self, text, prepend: int | str | None = None, num_threads: int = 8):
+        """str -> list[int]; list[str] -> list[list[int]] (batched over threads). Special-token
+        text inside documents is encoded as ordinary text; prepend (an id or a special token) goes first."""
+        first = None if prepend is None else self._special_id(prepend)
+        if isinstance(text, str):
+            ids = self.enc.encode_ordinary(text)
+            return ids if first is None else [first] + ids
+        if isinstance(text, (list, tuple)):
+            batch = self.enc.encode_ordinary_batch(list(text), num_threads=num_threads)
+            if first is not None:
+                for ids in batch:
+                    ids.insert(0, first)
+            return batch
+        raise TypeError(f"encode expects a str or a list of str, not {type(text).__name__}")
+
+    def decode(self, ids) -> str:
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        return self.enc.decode(ids)
+
+    def token_bytes(self) -> torch.Tensor:
+        """LongTensor [vocab]: UTF-8 byte length per id, 0 for specials (computed from the encoding)."""
+        return _token_bytes_of(self.enc)
+
+
+def get_token_bytes(device="cpu", path: str | os.PathLike | None = None) -> torch.Tensor:
+    """LongTensor [vocab] of UTF-8 byte lengths per token id (0 for specials), on device."""
+    folder = tokenizer_dir() if path is None else Path(path)
+    file = folder / "token_bytes.pt"
+    if not file.exists():
+        raise PrepareError(f"no token_bytes.pt in {folder}: run `uv run autoresearch setup ...` or "
+                           f"`python prepare.py` first")
+    return torch.load(file, map_location="cpu").long().to(device)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Dataloader: BOS-aligned best-fit packing, read/tokenize/pack in a background thread
+
+
+_LIVE_LOADERS: "weakref.WeakSet[_PackedLoader]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_loaders() -> None:
+    # Background threads inside native code (tokenizer, arrow) abort the process if the interpreter
+    # tears down under them; stop and join them first.
+    for loader in list(_LIVE_LOADERS):
+        loader.close()
+
+
+class _PackedLoader:
+    """Infinite iterator of (x, y, epoch): x, y int64 [B, T], every row starts with BOS, no padding.
+
+    Each row takes T+1 tokens. From a buffer of ~DOC_BUFFER tokenized documents (each starting with
+    BOS) the packer repeatedly puts the largest document that still fits; when none fits it crops the
+    shortest one to fill the row exactly (the rest of that document is dropped). Two background
+    threads work ahead of the training loop: one reads and tokenizes (tiktoken releases the GIL and
+    uses several threads), one packs; the training loop only moves finished batches to the device.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, B: int, T: int, files: list[Path], device,
+                 buffer_size: int = DOC_BUFFER, prefetch: int = 4):
+        if B < 1 or T < 1:
+            raise PrepareError(f"make_dataloader needs B >= 1 and T >= 1, not B={B}, T={T}")
+        self.tokenizer, self.B, self.T, self.files = tokenizer, B, T, files
+        self.device = torch.device(device)
+        self.pin = self.device.type == "cuda"
+        self.buffer_size = buffer_size
+        self._docs: queue.Queue = queue.Queue(maxsize=16)
+        self._batches: queue.Queue = queue.Queue(maxsize=prefetch)
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._threads = [threading.Thread(target=self._run, args=(self._tokenize, self._docs),
+                                          name="prepare-tokenize", daemon=True),
+                         threading.Thread(target=self._run, args=(self._pack, self._batches),
+                                          name="prepare-pack", daemon=True)]
+        _LIVE_LOADERS.add(self)
+        for t in self._threads:
+            t.start()
+
+    # --- consumer side (the training loop) ---
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._error is not None:
+            raise self._error
+        while True:
+            try:
+                item = self._batches.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not self._threads[1].is_alive() and self._batches.empty():
+                    raise RuntimeError("the dataloader was closed") from None
+        if isinstance(item, BaseException):
+            self._error = item
+            raise item
+        x, y, epoch = item
+        if self.device.type != "cpu":
+            x = x.to(self.device, non_blocking=self.pin)
+            y = y.to(self.device, non_blocking=self.pin)
+        return x, y, epoch
+
+    def close(self) -> None:
+        """Stop the background threads (the iterator is unusable afterwards)."""
+        self._stop.set()
+        for q in (self._batches, self._docs):
+            try:
+                while True:
+                    q.get_nowait()
+            except queue.Empty:
+                pass
+        for t in self._threads:
+            if t.is_alive() and t is not threading.current_thread():
+                t.join(timeout=10)
+        _LIVE_LOADERS.discard(self)
+
+    # --- producer side (background threads) ---
+    def _put(self, q: queue.Queue, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _get(self, q: queue.Queue):
+        while not self._stop.is_set():
+            try:
+                item = q.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if isinstance(item, BaseException):
+                raise item
+            return item
+        raise _Stopped()
+
+    def _run(self, work, out: queue.Queue) -> None:
+        try:
+            work()
+        except _Stopped:
+            pass
+        except BaseException as e:  # handed downstream, raised from next() in the training loop
+            self._put(out, e)
+
+    def _tokenize(self) -> None:
+        """(epoch, [array('q') of token ids, each starting with BOS]) batches, forever, in file order."""
+        bos = self.tokenizer.get_bos_token_id()
+        threads = max(1, min(8, os.cpu_count() or 1))
+        epoch = 1
+        while True:
+            found = False
+            for path in self.files:
+                pf = pq.ParquetFile(path)
+                for i in range(pf.num_row_groups):
+                    texts = [t for t in pf.read_row_group(i, columns=["text"]).column("text").to_pylist() if t]
+                    found = found or bool(texts)
+                    for j in range(0, len(texts), TOKENIZE_BATCH):
+                        ids = self.tokenizer.encode(texts[j:j + TOKENIZE_BATCH], prepend=bos, num_threads=threads)
+                        if not self._put(self._docs, (epoch, [array.array("q", d) for d in ids])):
+                            return
+            if not found:
+                raise PrepareError(f"the {self.files[0].parent.name} shards in {self.files[0].parent} hold no "
+                                   f"text: rebuild the data with `python prepare.py`")
+            epoch += 1
+
+    def _pack(self) -> None:
+        B, T1 = self.B, self.T + 1
+        # Buffer keys are len << 40 | seq (ints compare faster than tuples); docs[seq] = tokens.
+        shift, low = 40, (1 << 40) - 1
+        keys: list[int] = []
+        docs: dict[int, array.array] = {}
+        seq = 0
+        epoch = 1
+        while not self._stop.is_set():
+            flat = array.array("q")
+            for _ in range(B):
+                remaining = T1
+                while remaining:
+                    while len(keys) < self.buffer_size:
+                        epoch, batch = self._get(self._docs)
+                        for ids in batch:
+                            docs[seq] = ids
+                            bisect.insort(keys, (len(ids) << shift) | seq)
+                            seq += 1
+                    i = bisect.bisect_right(keys, (remaining << shift) | low) - 1
+                    if i >= 0:  # the largest document that fits
+                        key = keys.pop(i)
+                        flat.extend(docs.pop(key & low))
+                        remaining -= key >> shift
+                    else:  # none fits: crop the shortest to fill the row
+                        flat.extend(docs.pop(keys.pop(0) & low)[:remaining])
+                        remaining = 0
+            rows = torch.frombuffer(flat, dtype=torch.long).view(B, T1)
+            x, y = rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+            if self.pin:
+                x, y = x.pin_memory(), y.pin_memory()
+            if not self._put(self._batches, (x, y, epoch)):
+                return
+
+
+def make_dataloader(tokenizer: Tokenizer, B: int, T: int, split: str, device="cpu") -> _PackedLoader:
+    """Infinite iterator of (x, y, epoch) with x, y int64 [B, T] on device (see _PackedLoader)."""
+    return _PackedLoader(tokenizer, B, T, split_files(split), device)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Evaluation: the trusted metric
+
+
+def peak_memory_mb(device="cpu") -> float:
+    """Peak memory of this process in MiB: CUDA allocator peak, MPS driver memory, or peak RSS on CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    if device.type == "mps":
+        return torch.mps.driver_allocated_memory() / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
+
+
+def _model_device(model) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def _forward(model, x: torch.Tensor, vocab: int) -> torch.Tensor:
+    logits = model(x)
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or tuple(logits.shape[:2]) != tuple(x.shape) \
+            or logits.shape[2] < vocab:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise PrepareError(f"model(x) must return logits of shape [B, T, V] with V >= {vocab} for x of shape "
+                           f"{tuple(x.shape)}, got {shape}: return the logits from forward()")
+    return logits
+
+
+def _nats_and_bytes(logits: torch.Tensor, y: torch.Tensor, token_bytes: torch.Tensor) -> tuple[float, int]:
+    """Σ cross-entropy (nats, fp32, computed here) over targets that are text, and Σ their UTF-8 bytes."""
+    B, T, V = logits.shape
+    rows = max(1, (1 << 26) // (T * V))  # chunks of <= 64 M logits, so the fp32 copy stays small
+    nats = []
+    nbytes = []
+    for i in range(0, B, rows):
+        lg = logits[i:i + rows].float()
+        tgt = y[i:i + rows]
+        nll = torch.logsumexp(lg, dim=-1) - lg.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+        tb = token_bytes[tgt]
+        nats.append(torch.where(tb > 0, nll, torch.zeros_like(nll)).sum())
+        nbytes.append(tb.sum())
+    return float(torch.stack(nats).sum().item()), int(torch.stack(nbytes).sum().item())
+
+
+def _check_causal(model, x: torch.Tensor, ref: torch.Tensor, t: int, vocab: int, autocast) -> None:
+    """Logits before position t must not move when the tokens from t on are replaced."""
+    gen = torch.Generator(device="cpu").manual_seed(random.SystemRandom().randrange(2**62))
+    x2 = x.clone()
+    x2[:, t:] = torch.randint(0, vocab, (x.shape[0], x.shape[1] - t), generator=gen).to(x.device)
+    with autocast:
+        out = _forward(model, x2, vocab)
+    new = out[:ref.shape[0], :t].float()
+    diff = (new - ref).abs().max().item()
+    # A causal model gives identical numbers; the slack only absorbs bf16 kernel noise.
+    tol = 1e-2 * (1.0 + ref.abs().max().item())
+    if not diff <= tol:
+        raise PrepareError(f"the model is not causal: logits before position {t} changed by {diff:.4g} when "
+                           f"only later tokens changed; a position must not see the tokens after it")
+
+
+def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int) -> float:
+    """Validation bits per byte of model over EVAL_TOKENS tokens at T=MAX_SEQ_LEN (the trusted metric).
+
+    model(x) must return logits [B, T, V]; the loss is computed here from them in fp32. The first
+    batch is also used for a causality check. Allowed once per process; under the engine the result
+    goes to the metrics file that train.py cannot see.
+    """
+    global _evaluated
+    if _evaluated:
+        raise PrepareError("evaluate_bpb may run only once per process: call it once, after training")
+    _evaluated = True
+    t0 = time.time()
+    device = _model_device(model)
+    try:
+        val_bpb = _evaluate(model, tokenizer, int(batch_size), device)
+    except PrepareError as e:
+        _record({"error": str(e), "device": device.type, "dataset": str(DATASET)})
+        raise
+    info = {"val_bpb": val_bpb, "peak_vram_mb": round(peak_memory_mb(device), 1), "device": device.type,
+            "dataset": str(DATASET), "eval_tokens": int(EVAL_TOKENS), "max_seq_len": int(MAX_SEQ_LEN),
+            "vocab_size": tokenizer.get_vocab_size(), "eval_seconds": round(time.time() - t0, 2)}
+    _metrics.pop("error", None)
+    _record(info)
+    return val_bpb
+
+
+def _evaluate(model, tokenizer: Tokenizer, batch_size: int, device: torch.device) -> float:
+    if batch_size < 1:
+        raise PrepareError(f"evaluate_bpb needs batch_size >= 1, not {batch_size}")
+    T = int(MAX_SEQ_LEN)
+    vocab = tokenizer.get_vocab_size()
+    steps = max(1, int(EVAL_TOKENS) // (batch_size * T))
+    token_bytes = tokenizer.token_bytes().to(device)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext())
+    was_training = model.training
+    model.eval()
+    loader = make_dataloader(tokenizer, batch_size, T, "val", device=device)
+    total_nats, total_bytes = 0.0, 0
+    try:
+        with torch.no_grad():
+            for step in range(steps):
+                x, y, _ = next(loader)
+                with autocast:
+                    logits = _forward(model, x, vocab)
+                if step == 0:
+                    t = random.SystemRandom().randint(max(1, T // 4), max(1, (3 * T) // 4)) if T > 1 else 0
+                    ref = logits[:2, :t].float().clone()
+                nats, nbytes = _nats_and_bytes(logits, y, token_bytes)
+                total_nats += nats
+                total_bytes += nbytes
+                del logits
+                if step == 0 and t > 0:
+                    _check_causal(model, x, ref, t, vocab, autocast)
+                    del ref
+    finally:
+        loader.close()
+        model.train(was_training)
+    if total_bytes == 0:
+        raise PrepareError("the validation batches held no text bytes: rebuild the data with `python prepare.py`")
+    bpb = total_nats / (math.log(2) * total_bytes)
+    if not math.isfinite(bpb):
+        raise PrepareError(f"the validation loss is not finite ({bpb}): the model diverged")
+    return bpb
+
+
+def _record(values: dict) -> None:
+    _metrics.update(values)
+    if _METRICS_FILE:
+        _atomic_write(Path(_METRICS_FILE), (json.dumps(_metrics, indent=1, default=_jsonable) + "\n").encode())
+
+
+def _jsonable(value):
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    return str(value)
+
+
+def finish_metrics(**info) -> dict:
+    """Merge informational fields (training_seconds, num_steps, ...) into the metrics; trusted keys
+    written by evaluate_bpb (val_bpb, peak_vram_mb, device, ...) are never overwritten."""
+    _record({k: v for k, v in info.items() if k not in _TRUSTED_KEYS and k not in ("error", "eval_seconds")})
+    return dict(_metrics)
+
+
+# ---------------------------------------------------------------------------------------------------
+# prepare(): the one-time data + tokenizer step, and its command line
+
+
+def prepare(dataset=None, num_shards: int | None = None, vocab_size: int | None = None, log=print,
+            tokenizer_chars: int | None = None, retrain_tokenizer: bool = False) -> dict:
+    """Download or build the dataset in the cache and train its tokenizer if needed; returns a summary."""
+    t0 = time.time()
+    src = resolve_dataset(dataset)
+    target = dataset_dir(src)
+    vocab_size = int(vocab_size or VOCAB_SIZE)
+    log(f"dataset {src.name} -> {target}")
+    if src.kind == "shards":
+        fetch_shards(src, target, DEFAULT_TRAIN_SHARDS if num_shards is None else int(num_shards), log=log)
+    else:
+        if num_shards is not None:
+            log(f"  (--num-shards applies to downloaded shard datasets; {src.name} is used whole)")
+        if src.kind == "pystdlib":
+            build_pystdlib(target, log=log)
+        elif src.kind == "folder":
+            build_folder(src, target, log=log)
+        else:
+            fetch_txt(src, target, log=log)
+    train_files, val_files = split_files("train", src), split_files("val", src)
+    meta = _read_json(target / "tokenizer" / "meta.json") or {}
+    if (retrain_tokenizer or meta.get("vocab_size") != vocab_size or
+            not (target / "tokenizer" / "tokenizer.pkl").exists() or
+            not (target / "tokenizer" / "token_bytes.pt").exists()):
+        chars = tokenizer_chars or TOKENIZER_CHARS
+        log(f"training the tokenizer ({vocab_size} tokens, up to {chars / 1e6:g} M characters)")
+        train_tokenizer(src, vocab_size, chars, log=log)
+    else:
+        log(f"  tokenizer ({vocab_size} tokens) already trained in {target / 'tokenizer'}")
+    seconds = time.time() - t0
+    log(f"ready: {len(train_files)} train + {len(val_files)} val shards, tokenizer in {target / 'tokenizer'}, "
+        f"{seconds:.1f} s")
+    return {"dataset": src.name, "dir": str(target), "train_files": len(train_files),
+            "val_files": len(val_files), "tokenizer": str(target / "tokenizer"), "seconds": seconds}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse hook: one sentence, exit 1, instead of a usage dump
+        raise PrepareError(f"{message}; run `python prepare.py --help` for the options")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python prepare.py [--dataset NAME|PATH] [--num-shards N] [--vocab-size N] [--cache DIR]
+
+    Downloads or builds the dataset (default: DATASET from constants.py) into the cache and trains
+    its tokenizer. Safe to re-run: finished files are kept, interrupted downloads resume.
+    """
+    parser = _Parser(
+        prog="prepare.py",
+        description="Download or build the training data and train the BPE tokenizer (one-time step). "
+                    f"Datasets: {_DATASET_HINT}. Cache: $AUTORESEARCH_CACHE or ~/.cache/autoresearch.",
+        epilog="Environment: AUTORESEARCH_HF_BASE (Hugging Face mirror), AUTORESEARCH_DOWNLOAD_RETRIES, "
+               "AUTORESEARCH_DOWNLOAD_BACKOFF (seconds).")
+    parser.add_argument("--dataset", default=None, help=f"dataset name or folder (default: {DATASET})")
+    parser.add_argument("--num-shards", type=int, default=None,
+                        help=f"training shards to download for climbmix/fineweb-edu (default {DEFAULT_TRAIN_SHARDS})")
+    parser.add_argument("--vocab-size", type=int, default=None, help=f"tokenizer vocabulary (default {VOCAB_SIZE})")
+    parser.add_argument("--cache", default=None, help="cache folder (default: $AUTORESEARCH_CACHE or "
+                        "~/.cache/autoresearch)")
+    parser.add_argument("--tokenizer-chars", type=int, default=None,
+                        help=f"characters of text to train the tokenizer on (default {TOKENIZER_CHARS:,})")
+    parser.add_argument("--retrain-tokenizer", action="store_true", help="train the tokenizer even if present")
+    try:
+        args = parser.parse_args(argv)
+        if args.cache:
+            os.environ["AUTORESEARCH_CACHE"] = str(Path(args.cache).expanduser().resolve())
+        prepare(args.dataset, num_shards=args.num_shards, vocab_size=args.vocab_size,
+                tokenizer_chars=args.tokenizer_chars, retrain_tokenizer=args.retrain_tokenizer,
+                log=lambda msg: print(msg, flush=True))
+    except PrepareError as e:
+        print(f"prepare.py: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("prepare.py: interrupted; run it again to resume where it stopped.", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
