@@ -91,3 +91,24 @@ def test_show_results_through_real_uv():
     # the wrapper runs in the repository root, so it reports this repo's results.tsv (or its absence)
     assert proc.returncode in (0, 1), proc.stderr
     assert "Session summary" in proc.stdout or "there is no results.tsv" in proc.stderr
+
+
+def test_hardware_doc_matches_the_profiles():
+    """docs/hardware-config.md's table is what core/profiles.py really sets."""
+    from core.profiles import PROFILES
+
+    text = (REPO / "docs" / "hardware-config.md").read_text()
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 11 and cells[0] in PROFILES:
+            rows[cells[0]] = cells
+    assert set(rows) == set(PROFILES)
+    for name, p in PROFILES.items():
+        _, _, seq, ev, budget, vocab, depth, head, window, total, device = rows[name]
+        num = lambda s: int(s.replace(",", ""))  # noqa: E731
+        assert (num(seq), num(ev), num(budget), num(vocab)) == (p.max_seq_len, p.eval_tokens, p.time_budget,
+                                                                p.vocab_size), name
+        assert (num(depth), num(head), window, num(total), num(device)) == (
+            p.depth, p.head_dim, p.window_pattern, p.total_batch_size, p.device_batch_size), name
+        assert p.aspect_ratio == 64  # the doc states it once for all profiles
