@@ -182,3 +182,17 @@ def test_bad_history_is_ignored(ws):
     exp.mkdir(parents=True)
     (exp / "meta.json").write_text("{not json")
     assert run_mutate(ws).returncode == 0
+
+
+@pytest.mark.parametrize("desc, key", [
+    ("MATRIX_LR 0.04 -> 0.05", ("MATRIX_LR", "0.04", "0.05")),
+    ("MATRIX_LR 0.04 -> 0.05: faster start", ("MATRIX_LR", "0.04", "0.05")),
+    ("DEPTH 8 -> 7 (rejected: train.py does not compile)", ("DEPTH", "8", "7")),
+    ("ADAM_BETAS (0.8, 0.95) -> (0.85, 0.95) warmer", ("ADAM_BETAS", "(0.8, 0.95)", "(0.85, 0.95)")),
+    ("TOTAL_BATCH_SIZE 2**19 -> 2**18", ("TOTAL_BATCH_SIZE", "524288", "262144")),
+    ("SwiGLU activation", None),
+    ("FOO 1 -> 2", None),
+    ("DEPTH eight -> 9", None),
+])
+def test_parse_description(desc, key):
+    assert mutate.parse_description(desc) == key

@@ -287,10 +287,17 @@ def parse_description(desc: str) -> tuple[str, str, str] | None:
     m = DESCRIPTION_RE.match(desc.strip())
     if not m or m.group(1) not in SPECS:
         return None
-    old_key, new_key = text_key(m.group(2)), text_key(m.group(3))
-    if old_key is None or new_key is None:
+    old_key = text_key(m.group(2))
+    if old_key is None:
         return None
-    return m.group(1), old_key, new_key
+    # The new value may be followed by prose ("0.05: faster start") or the engine's "(rejected: ...)":
+    # take the longest leading run of words that parses as a value.
+    words = m.group(3).split(" ")
+    for k in range(len(words), 0, -1):
+        new_key = text_key(" ".join(words[:k]).rstrip(":;,"))
+        if new_key is not None:
+            return m.group(1), old_key, new_key
+    return None
 
 
 def read_history(root: Path) -> list[Tried]:
