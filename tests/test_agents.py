@@ -330,3 +330,12 @@ def test_auto_prefers_claude_then_anthropic_then_mutate(bin_dir, monkeypatch):
     write_fake(bin_dir, "claude", "print('hi')\n")
     assert resolve_auto({}) == ("claude", None)
     assert make_agent("auto", {}).name == "claude"
+
+
+def test_cli_that_cannot_start_is_one_sentence(ws, bin_dir):
+    fake = write_fake(bin_dir, "claude", "print('never runs')\n")
+    agent = make_agent("claude", {})
+    fake.write_text("#!/nonexistent/interpreter\n")
+    proc = run_agent(agent, ctx_for(ws))
+    assert proc.returncode == 1
+    assert proc.stderr.decode().startswith("claude agent: cannot start ") and b"Traceback" not in proc.stderr

@@ -125,7 +125,11 @@ def stream_json(argv: list[str], on_event: Callable[[dict], None], stdin_text: s
     stderr is inherited (it lands in agent.log beside stdout). The engine kills our whole process group
     on timeout/abort, which takes the child with us.
     """
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.PIPE if stdin_text else subprocess.DEVNULL)
+    try:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE,
+                                stdin=subprocess.PIPE if stdin_text else subprocess.DEVNULL)
+    except OSError as e:
+        raise UserError(f"cannot start {argv[0]} ({e.strerror}); check that the CLI is installed and executable.") from None
     if stdin_text:
         proc.stdin.write(stdin_text.encode("utf-8"))
         proc.stdin.close()
