@@ -1,0 +1,67 @@
+"""core.ledger: results.tsv in upstream's format; bad lines reported and kept, appends are whole lines."""
+
+from __future__ import annotations
+
+import pytest
+
+from core import ledger
+
+
+def test_append_writes_header_then_upstream_rows(tmp_path):
+    p = tmp_path / "results.tsv"
+    ledger.append(p, "a1b2c3d4e5f6", 0.9979, 45060.2 / 1024, "keep", "baseline")
+    ledger.append(p, "b2c3d4e", 1.5, 44.0, "crash", "oom\twith tab\nand newline")
+    lines = p.read_text().splitlines()
+    assert lines[0] == "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
+    assert lines[1] == "a1b2c3d\t0.997900\t44.0\tkeep\tbaseline"
+    assert lines[2] == "b2c3d4e\t0.000000\t0.0\tcrash\toom with tab and newline"  # crashes carry zeros
+
+
+def test_append_after_a_hand_edit_without_trailing_newline(tmp_path):
+    p = tmp_path / "results.tsv"
+    p.write_text("commit\tval_bpb\tmemory_gb\tstatus\tdescription\nabc1234\t1.000000\t1.0\tkeep\tbase")
+    ledger.append(p, "def5678", 0.9, 1.0, "keep", "next")
+    led = ledger.read(p)
+    assert [r.commit for r in led.rows] == ["abc1234", "def5678"] and not led.bad_lines
+
+
+def test_bad_lines_are_reported_and_skipped():
+    text = ("commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
+            "abc1234\t1.000000\t44.0\tkeep\tbaseline\n"
+            "garbage line\n"
+            "abc1235\tnope\t44.0\tkeep\tbad number\n"
+            "abc1236\t0.9\t44.0\tmaybe\tbad status\n"
+            "xyz\t0.9\t44.0\tkeep\tnot hex\n"
+            "abc1237\t-\t-\tcrash\tupstream crash row\n"
+            "\n"
+            "abc1238\t0.950000\t44.0\tdiscard\tworse\n")
+    led = ledger.parse(text)
+    assert [r.commit for r in led.rows] == ["abc1234", "abc1237", "abc1238"]
+    assert [b[0] for b in led.bad_lines] == [3, 4, 5, 6]
+    assert "4 malformed lines (first: line 3" in led.warning()
+    assert led.best.commit == "abc1234" and led.baseline.commit == "abc1234"
+
+
+def test_best_and_baseline():
+    led = ledger.parse("a000001\t0.000000\t0.0\tcrash\tx\n"
+                       "a000002\t1.000000\t1.0\tkeep\tbaseline\n"
+                       "a000003\t0.900000\t1.0\tkeep\tbetter\n"
+                       "a000004\t0.800000\t1.0\tdiscard\tnot kept\n")
+    assert led.baseline.commit == "a000002" and led.best.commit == "a000003"
+    assert ledger.parse("").best is None and ledger.read(__import__("pathlib").Path("/nonexistent")).rows == []
+
+
+def test_unknown_status_is_refused_on_append(tmp_path):
+    with pytest.raises(ValueError):
+        ledger.append(tmp_path / "r.tsv", "abc1234", 1.0, 1.0, "skipped", "x")
+    assert not (tmp_path / "r.tsv").exists() or (tmp_path / "r.tsv").read_text() == ""
+
+
+def test_large_ledger_parses_fast(tmp_path):
+    import time
+    p = tmp_path / "results.tsv"
+    p.write_text("commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
+                 + "".join(f"{i:07x}\t{1 - i / 1e6:.6f}\t44.0\tdiscard\texperiment {i}\n" for i in range(10_000)))
+    t0 = time.perf_counter()
+    led = ledger.read(p)
+    assert len(led.rows) == 10_000 and time.perf_counter() - t0 < 1.0
