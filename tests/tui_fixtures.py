@@ -1,0 +1,185 @@
+"""Builders of hand-written workspaces in the documented formats (docs/architecture.md) for the TUI tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+T0 = 1_764_000_000.0  # a fixed "now" so countdowns and snapshots are deterministic
+
+# (id, status, val_bpb, memory_gb, description): descriptions carry markup and escapes on purpose
+EXPERIMENTS = [
+    ("0001", "keep", 1.000000, 44.0, "baseline"),
+    ("0002", "keep", 0.995000, 44.1, "increase matrix lr to 0.05"),
+    ("0003", "discard", 0.998100, 51.3, "[bold red]depth 10[/bold red]"),
+    ("0004", "crash", 0.0, 0.0, "window pattern LLLL \x1b[31mred\x1b]0;title\x07"),
+    ("0005", "keep", 0.990200, 44.2, "warmdown 0.6 [link=http://x]click[/link]"),
+    ("0006", "discard", 0.992500, 44.0, "batch 2**18 tokens"),
+    ("0007", "keep", 0.987500, 43.9, "embedding lr 0.8"),
+]
+
+TRAIN_PY = "DEPTH = 8  # layers\nMATRIX_LR = 0.04  # muon lr\nprint('training')\n"
+
+
+def git(root: Path, *args: str) -> str:
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t")
+    return subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True, text=True,
+                          env=env).stdout.strip()
+
+
+def init_repo(root: Path, branch: str = "master", files: dict | None = None) -> str:
+    root.mkdir(parents=True, exist_ok=True)
+    git(root, "init", "-q", "-b", branch)
+    for name, text in (files or {}).items():
+        (root / name).write_text(text)
+    (root / ".gitignore").write_text("results.tsv\nrun.log\n.autoresearch/\n")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "initial")
+    return git(root, "rev-parse", "HEAD")
+
+
+def _sha(i: int) -> str:
+    return f"{i:07x}" + "ab" * 16 + "c"
+
+
+def results_text(experiments=EXPERIMENTS, shas=None) -> str:
+    lines = ["commit\tval_bpb\tmemory_gb\tstatus\tdescription"]
+    for k, (exp_id, status, val, mem, desc) in enumerate(experiments):
+        sha = (shas[k] if shas else _sha(int(exp_id)))[:7]
+        lines.append(f"{sha}\t{val:.6f}\t{mem:.1f}\t{status}\t{desc}")
+    return "\n".join(lines) + "\n"
+
+
+def write_engine(root: Path, *, status="running", phase="training", pid=None, exp_id="0008",
+                 description="try [bold]GELU[/bold] \x1b[2J", training_started_at=T0 - 60, time_budget=300.0,
+                 hostname=None, best=0.9875, baseline=1.0) -> None:
+    import socket
+    state = root / ".autoresearch"
+    state.mkdir(parents=True, exist_ok=True)
+    data = {
+        "pid": pid if pid is not None else os.getpid(), "hostname": hostname or socket.gethostname(),
+        "status": status, "phase": phase, "tag": "nov26", "branch": "autoresearch/nov26", "agent": "mutate",
+        "experiment": None if exp_id is None else {
+            "id": exp_id, "commit": _sha(int(exp_id)), "description": description, "started_at": T0 - 90,
+            "training_started_at": training_started_at, "time_budget": time_budget},
+        "best": {"commit": _sha(7), "val_bpb": best}, "baseline_val_bpb": baseline,
+        "experiments_done": 7, "max_experiments": None, "updated_at": T0,
+    }
+    (state / "engine.json").write_text(json.dumps(data))
+
+
+def make_workspace(root: Path, *, engine: str | None = "running", phase: str = "training", experiments=EXPERIMENTS,
+                   run_log: bytes | None = None, extra_results: str = "", git_init: bool = True) -> Path:
+    """An autoresearch workspace after a few experiments. engine: running | paused | stopped | dead | None."""
+    files = {"program.md": "# program\nLower val_bpb.\n", "constants.py": "TIME_BUDGET = 300\n",
+             "prepare.py": "# prepare\n", "train.py": TRAIN_PY}
+    if git_init:
+        init_repo(root, files=files)
+        git(root, "checkout", "-q", "-b", "autoresearch/nov26")
+    else:
+        root.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            (root / name).write_text(text)
+    state = root / ".autoresearch"
+    (state / "experiments").mkdir(parents=True, exist_ok=True)
+    events = [{"ts": T0 - 1000, "type": "engine_started", "id": None}]
+    for k, (exp_id, status, val, mem, desc) in enumerate(experiments):
+        d = state / "experiments" / exp_id
+        d.mkdir(parents=True, exist_ok=True)
+        sha = _sha(int(exp_id))
+        meta = {"id": exp_id, "tag": "nov26", "status": status, "description": desc, "commit": sha,
+                "parent": _sha(int(exp_id) - 1), "val_bpb": val if status != "crash" else None,
+                "memory_gb": mem, "reason": "trainer exited with code 1" if status == "crash" else None,
+                "metrics": {}, "started_at": T0 - 900 + k * 100, "finished_at": T0 - 820 + k * 100,
+                "agent": {"name": "mutate", "model": None, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0},
+                "timings": {"propose_s": 1.0, "validate_s": 0.1, "train_s": 70.0, "record_s": 0.2}}
+        (d / "meta.json").write_text(json.dumps(meta))
+        (d / "diff.patch").write_text(
+            "diff --git a/train.py b/train.py\n--- a/train.py\n+++ b/train.py\n@@ -1,2 +1,2 @@\n"
+            f"-MATRIX_LR = 0.04  # muon lr\n+MATRIX_LR = 0.0{k + 5}  # [bold]muon[/bold] \x1b[31mlr\n")
+        if status != "crash":
+            (d / "metrics.json").write_text(json.dumps({"val_bpb": val, "peak_vram_mb": mem * 1024,
+                                                        "num_steps": 900 + k, "device": "cpu"}))
+        (d / "train.log").write_bytes(b"step 00001 | loss 9.0\rstep 00002 | loss 8.0\n---\nval_bpb: %.6f\n" % val)
+        (d / "agent.log").write_text(f"agent for {exp_id}: [bold]edit[/bold] \x1b]0;pwned\x07\n")
+        events += [{"ts": T0 - 900 + k * 100, "type": "experiment_started", "id": exp_id},
+                   {"ts": T0 - 820 + k * 100, "type": "experiment_finished", "id": exp_id, "status": status,
+                    "val_bpb": val, "memory_gb": mem, "commit": sha, "description": desc, "reason": None}]
+    (state / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    (root / "results.tsv").write_text(results_text(experiments) + extra_results)
+    cur = state / "experiments" / "0008"
+    cur.mkdir(exist_ok=True)
+    (cur / "agent.log").write_text("mutate: MATRIX_LR 0.04 -> 0.045 [red]x[/red]\n")
+    (root / "run.log").write_bytes(run_log if run_log is not None else
+                                   b"compiling...\nstep 00001 | loss 9.1\rstep 00002 | loss 8.7\r"
+                                   b"step 00003 | loss 8.2 [bold red]boom[/] \x1b[31mred\x1b[0m")
+    if engine == "dead":
+        write_engine(root, status="running", pid=_dead_pid())
+    elif engine == "stopped":
+        write_engine(root, status="stopped", phase="idle", exp_id=None)
+    elif engine is not None:
+        write_engine(root, status=engine, phase=phase)
+    return root
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def make_upstream_repo(root: Path) -> tuple[Path, list[str]]:
+    """karpathy/autoresearch after a night: train.py history in git, results.tsv and run.log, no .autoresearch/."""
+    init_repo(root, files={"program.md": "# program\n", "prepare.py": "# prepare\n", "train.py": TRAIN_PY})
+    shas = []
+    for k, (exp_id, status, val, mem, desc) in enumerate(EXPERIMENTS[:4]):
+        (root / "train.py").write_text(TRAIN_PY + f"# change {k}\n")
+        git(root, "commit", "-q", "-am", f"exp {k}")
+        shas.append(git(root, "rev-parse", "HEAD"))
+    (root / "results.tsv").write_text(results_text(EXPERIMENTS[:4], shas))
+    (root / "run.log").write_bytes(b"step 00010 | loss 3.0\rstep 00011 | loss 2.9\n---\nval_bpb:          0.997900\n")
+    return root, shas
+
+
+def big_results(n: int) -> str:
+    lines = ["commit\tval_bpb\tmemory_gb\tstatus\tdescription"]
+    best = 1.0
+    for i in range(n):
+        status = ("keep", "discard", "discard", "crash")[i % 4] if i else "keep"
+        val = 0.0 if status == "crash" else (best - 0.0001 if status == "keep" else best + 0.001 * (i % 7))
+        if status == "keep":
+            best = val
+        lines.append(f"{i:07x}\t{val:.6f}\t{0.0 if status == 'crash' else 44.0:.1f}\t{status}\t"
+                     f"experiment number {i} tweak lr {i % 13}")
+    return "\n".join(lines) + "\n"
+
+
+class StaticGpu:
+    """A GPU source that always reports the same sample (the real NVML is exercised in test_gpu.py)."""
+
+    def __init__(self, sample=None):
+        from core.gpu import GpuInfo, GpuSample
+        self._sample = sample or GpuSample(available=True, gpus=(GpuInfo(
+            index=0, name="NVIDIA H100 80GB HBM3", memory_used_mb=45060.2, memory_total_mb=81559.0,
+            utilization_percent=97.0, temperature_c=65.0, power_w=350.0, power_limit_w=700.0),), ts=T0)
+
+    def sample(self, pids=()):
+        return self._sample
+
+
+def screen_text(app) -> str:
+    """The characters on the app's screen right now, one line per row (what a user reads)."""
+    strips = app.screen._compositor.render_strips()
+    return "\n".join("".join(seg.text for seg in strip) for strip in strips)
+
+
+def make_app(root, **kw):
+    from tui.app import DashboardApp
+    kw.setdefault("live", False)
+    kw.setdefault("clock", lambda: T0)
+    kw.setdefault("display_root", "~/ws")
+    kw.setdefault("gpu_monitor", StaticGpu())
+    return DashboardApp(root, **kw)

@@ -1,0 +1,362 @@
+"""autoresearch-tui: the Textual dashboard of an autoresearch workspace.
+
+Usage:
+  autoresearch-tui [PATH]                 watch the workspace at PATH (default: the current directory);
+                                          attaches to a running engine, `s` starts one when none runs
+  autoresearch-tui --demo [--demo-dir D]  build a CPU demo workspace (offline data, mutate agent) in D
+                                          (default ~/.cache/autoresearch/demo), start its engine, watch it
+
+Quitting never stops a detached engine; starting the dashboard again re-attaches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from textual.app import App
+from textual.binding import Binding
+from textual.worker import get_current_worker
+
+from core.errors import UserError
+
+from .messages import DemoPrepared, EngineStartFinished, GpuSampled, StateChanged
+from .state import WORKSPACE, StateReader, classify
+
+STATE_POLL_S = 0.5  # one stat() per state file; a full reload only when something changed
+LIVENESS_S = 2.0  # re-check the engine pid even when no file changed (kill -9 leaves engine.json behind)
+GPU_POLL_S = 1.0
+
+
+def start_engine_detached(root: Path, extra: list[str] | None = None, wait_s: float = 20.0) -> tuple[bool, str]:
+    """Run `autoresearch loop --detach` in its own session; returns (ok, one-line detail).
+
+    The command forks the engine and returns; if it has not returned after wait_s it is left running
+    (its own session already detaches it from this terminal).
+    """
+    cmd = [sys.executable, "-m", "core.cli", "-C", str(root), "loop", "--detach", *(extra or [])]
+    try:
+        proc = subprocess.Popen(cmd, cwd=root, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True)
+    except OSError as e:
+        return False, f"could not run the engine: {e}"
+    try:
+        out, err = proc.communicate(timeout=wait_s)
+    except subprocess.TimeoutExpired:
+        return True, "engine started"
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in (err or out).decode("utf-8", "replace").splitlines() if ln.strip()]
+        return False, (lines[-1] if lines else f"the engine exited with code {proc.returncode}")
+    return True, "engine started"
+
+
+class DashboardApp(App):
+    """One workspace. Everything it shows is rebuilt from files, so it can be restarted at any time."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "autoresearch"
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS = [
+        Binding("q", "quit", "quit"),
+        Binding("ctrl+c", "quit", "quit", show=False, priority=True),
+        Binding("question_mark", "help", "help", show=False),
+    ]
+
+    def __init__(self, root: Path, *, mode: str | None = None, live: bool = True,
+                 start_command: Callable[[Path], tuple[bool, str]] | None = None, gpu_monitor=None,
+                 clock: Callable[[], float] = time.time, display_root: str | None = None, demo: bool = False,
+                 editor: str | None = None):
+        super().__init__()
+        self.root = Path(root).resolve()
+        self.mode = mode
+        self.live = live
+        self.start_command = start_command or start_engine_detached
+        self.gpu_monitor = gpu_monitor
+        self.clock = clock
+        self.display_root = display_root
+        self.demo = demo
+        self.editor = editor
+        self.snapshot = None
+        self.starting = False
+        self.demo_ready = not demo
+        self._reader: StateReader | None = None
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self.last_message = ""
+
+    # --- lifecycle ---
+    def get_default_screen(self):
+        from .screens.dashboard import DashboardScreen
+        return DashboardScreen(clock=self.clock, display_root=self.display_root, live=self.live,
+                               run_log=self.root / "run.log")
+
+    @property
+    def dashboard(self):
+        from .screens.dashboard import DashboardScreen
+        for screen in self.screen_stack:
+            if isinstance(screen, DashboardScreen):
+                return screen
+        return None
+
+    def on_ready(self) -> None:
+        # after the first frame: the dashboard screen is composed, and nothing slow delayed it
+        if self.demo:
+            self.dashboard.query_one("#header").set_notice(
+                f"demo workspace: {self.root} · preparing (the first run builds the corpus and tokenizer)…")
+            self.run_worker(self._prepare_demo, thread=True, exclusive=True, exit_on_error=False,
+                            group="demo-prepare")
+        if self.live:
+            self.run_worker(self._poll_state, thread=True, exclusive=True, exit_on_error=False, group="state-poll")
+            self.run_worker(self._poll_gpu, thread=True, exclusive=True, exit_on_error=False, group="gpu-poll")
+            self.set_interval(1.0, self._tick)
+        else:
+            self.reload_state()
+            if self.gpu_monitor is not None:
+                self._apply_gpu(self._sample_gpu())
+
+    def on_unmount(self) -> None:
+        self._stop.set()
+        self._reload.set()  # wakes the state poller so its thread ends now
+
+    def _tick(self) -> None:
+        # one status update a second: the countdown in the header
+        dash = self.dashboard
+        if dash is not None:
+            dash.query_one("#header").refresh()
+
+    # --- state ---
+    def _make_reader(self) -> StateReader | None:
+        if self._reader is None:
+            try:
+                self._reader = StateReader(self.root, mode=self.mode, clock=self.clock)
+            except UserError:
+                return None  # the demo workspace does not exist yet
+        return self._reader
+
+    def reload_state(self) -> None:
+        """Synchronous re-read (tests, and right after this app changed something)."""
+        reader = self._make_reader()
+        if reader is not None:
+            self._apply_snapshot(reader.load())
+
+    def _poll_state(self) -> None:
+        last_sig = None
+        last_load = 0.0
+        worker = get_current_worker()
+        while not self._stop.is_set() and not worker.is_cancelled:
+            reader = self._make_reader()
+            if reader is not None:
+                try:
+                    sig = reader.signature()
+                    now = time.monotonic()
+                    if sig != last_sig or now - last_load >= LIVENESS_S or self._reload.is_set():
+                        self._reload.clear()
+                        snap = reader.load()
+                        last_sig, last_load = sig, now
+                        self.post_message(StateChanged(snap))
+                except Exception as e:  # a transient read error must not stop the updates
+                    self.log.warning(f"state poll: {e!r}")
+            self._reload.wait(STATE_POLL_S)
+
+    def on_state_changed(self, message: StateChanged) -> None:
+        self._apply_snapshot(message.snapshot)
+
+    def _apply_snapshot(self, snap) -> None:
+        self.snapshot = snap
+        dash = self.dashboard
+        if dash is not None:
+            dash.apply_snapshot(snap)
+
+    # --- GPU ---
+    def _sample_gpu(self) -> GpuSampled:
+        from core import gpu
+        if self.gpu_monitor is None:
+            self.gpu_monitor = gpu.GpuMonitor()
+        snap = self.snapshot
+        engine_pid = snap.engine.pid if snap is not None and snap.engine_alive else None
+        trainer = engine = None
+        pids: list[int] = []
+        if engine_pid:
+            pids = gpu.descendant_pids(engine_pid)
+            engine = gpu.process_rss_mb(engine_pid)
+            if pids:
+                trainer = sum(gpu.process_rss_mb(p) or 0.0 for p in pids)
+        sample = self.gpu_monitor.sample(pids=pids)
+        return GpuSampled(sample, trainer, engine)
+
+    def _poll_gpu(self) -> None:
+        worker = get_current_worker()
+        while not self._stop.is_set() and not worker.is_cancelled:
+            try:
+                self.post_message(self._sample_gpu())
+            except Exception as e:
+                self.log.warning(f"gpu poll: {e!r}")
+            self._stop.wait(GPU_POLL_S)
+
+    def on_gpu_sampled(self, message: GpuSampled) -> None:
+        self._apply_gpu(message)
+
+    def _apply_gpu(self, message: GpuSampled) -> None:
+        dash = self.dashboard
+        if dash is not None:
+            dash.apply_gpu(message)
+
+    # --- commands ---
+    def _workspace(self):
+        from core.workspace import Workspace
+        return Workspace(self.root)
+
+    def _say(self, text: str, severity: str = "information") -> None:
+        self.last_message = text
+        self.notify(text, severity=severity, markup=False)
+
+    def send_control(self, command: str) -> None:
+        from core import control
+        try:
+            control.send(self._workspace(), command)
+        except OSError as e:
+            self._say(f"could not send {command}: {e}", "error")
+            return
+        self._say(f"{command} sent to the engine")
+        self._reload.set()
+
+    def queue_idea(self, text: str) -> None:
+        from core import control
+        try:
+            control.queue_idea(self._workspace(), text)
+        except (OSError, ValueError) as e:
+            self._say(f"could not queue the idea: {e}", "error")
+            return
+        self._say("idea queued for the next proposal")
+        self._reload.set()
+        if not self.live:
+            self.reload_state()
+
+    def start_engine(self, extra: list[str] | None = None) -> None:
+        if self.starting:
+            return
+        self.starting = True
+        dash = self.dashboard
+        dash.query_one("#header").starting = True
+        dash.query_one("#header").refresh()
+        dash.refresh_bindings()
+        root, cmd = self.root, self.start_command
+
+        def run() -> None:
+            try:
+                ok, detail = cmd(root, extra) if extra else cmd(root)
+            except Exception as e:  # an injected or broken start command: report, never crash
+                ok, detail = False, str(e)
+            self.post_message(EngineStartFinished(ok, detail))
+
+        self.run_worker(run, thread=True, exclusive=True, exit_on_error=False, group="engine-start")
+
+    def on_engine_start_finished(self, message: EngineStartFinished) -> None:
+        self.starting = False
+        dash = self.dashboard
+        dash.query_one("#header").starting = False
+        if message.ok:
+            self._say(message.detail or "engine started")
+        else:
+            self._say(f"the engine did not start: {message.detail}", "error")
+        self._reload.set()
+        self.reload_state()
+        dash.refresh_bindings()
+
+    def edit_program(self) -> None:
+        from textual.app import SuspendNotSupported
+        path = self.root / "program.md"
+        editor = self.editor or os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+        argv = shlex.split(editor) + [str(path)]
+        before = path.stat().st_mtime_ns if path.exists() else None
+        try:
+            try:
+                with self.suspend():
+                    rc = subprocess.call(argv)
+            except SuspendNotSupported:  # headless (tests) or a web driver: run it without the terminal
+                rc = subprocess.call(argv, stdin=subprocess.DEVNULL)
+        except OSError as e:
+            self._say(f"could not run the editor {editor!r}: {e}; set $EDITOR.", "error")
+            return
+        after = path.stat().st_mtime_ns if path.exists() else None
+        if rc != 0:
+            self._say(f"the editor exited with code {rc}", "warning")
+        elif after != before:
+            self._say("program.md saved; the agent uses it from the next proposal")
+        else:
+            self._say("program.md unchanged")
+
+    def action_help(self) -> None:
+        from .screens.modals import HelpScreen
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    # --- demo ---
+    def _prepare_demo(self) -> None:
+        from . import demo
+        pane = self.dashboard.query_one("#train-log")
+        try:
+            demo.prepare(self.root, pane.feed_external, cancelled=self._stop.is_set)
+        except UserError as e:
+            self.post_message(DemoPrepared(False, str(e)))
+            return
+        except Exception as e:  # the scaffold/setup is someone else's code: show its failure, do not crash
+            self.post_message(DemoPrepared(False, f"{type(e).__name__}: {e}"))
+            return
+        self.post_message(DemoPrepared(True))
+
+    def on_demo_prepared(self, message: DemoPrepared) -> None:
+        from . import demo
+        header = self.dashboard.query_one("#header")
+        self.demo_ready = message.ok
+        if not message.ok:
+            header.set_notice(f"demo workspace: {self.root} · {message.detail}")
+            self._say(message.detail, "error")
+            return
+        header.set_notice(f"demo workspace: {self.root} (cpu profile, pystdlib data, mutate agent, "
+                          f"{demo.DEMO_TIME_BUDGET}s budget)")
+        self.reload_state()
+        if not (self.snapshot and self.snapshot.engine_alive):
+            self.start_engine(["--agent", demo.DEMO_AGENT])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="autoresearch-tui", description="Dashboard of an autoresearch workspace.")
+    p.add_argument("path", nargs="?", default=".", help="workspace folder (default: current directory)")
+    p.add_argument("--demo", action="store_true", help="build and run a CPU demo workspace, then watch it")
+    p.add_argument("--demo-dir", default=None, help="where the demo workspace lives (default ~/.cache/autoresearch/demo)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.demo:
+            from . import demo
+            root = demo.resolve_demo_dir(args.demo_dir)
+            app = DashboardApp(root, mode=WORKSPACE, demo=True)
+        else:
+            root = Path(args.path).expanduser().resolve()
+            app = DashboardApp(root, mode=classify(root))
+    except UserError as e:
+        print(f"autoresearch-tui: {e}", file=sys.stderr)
+        return 1
+    app.run()
+    if args.demo:
+        print(f"Demo workspace: {root}")
+        snap = app.snapshot
+        if snap is not None and snap.engine_alive:
+            print(f"Its engine keeps running; stop it with `autoresearch -C {root} stop`, "
+                  f"watch again with `autoresearch-tui {root}`.")
+    return app.return_code or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

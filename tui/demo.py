@@ -1,0 +1,99 @@
+"""--demo: a self-contained workspace (offline corpus, CPU profile, mutate agent, short budget) and its engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from core.errors import UserError
+
+DEMO_TIME_BUDGET = 20  # seconds of training per experiment: a new user sees results within minutes
+DEMO_PROFILE = "cpu"
+DEMO_DATASET = "pystdlib"
+DEMO_AGENT = "mutate"
+MARKER = "demo.json"  # in .autoresearch/ (git-ignored): the data for this workspace was prepared
+
+
+def cache_root() -> Path:
+    env = os.environ.get("AUTORESEARCH_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "autoresearch"
+
+
+def default_demo_dir() -> Path:
+    return cache_root() / "demo"
+
+
+def resolve_demo_dir(arg: str | None) -> Path:
+    """The demo folder; UserError if it exists but holds something else (we never write into foreign files)."""
+    path = (Path(arg).expanduser() if arg else default_demo_dir()).resolve()
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"{path} is not a directory; pass another --demo-dir.")
+        if any(path.iterdir()) and not (path / "train.py").is_file():
+            raise UserError(f"{path} exists and is not a demo workspace; pass an empty or new --demo-dir.")
+    return path
+
+
+def is_created(path: Path) -> bool:
+    return (path / "train.py").is_file() and (path / ".git").exists()
+
+
+def is_prepared(path: Path) -> bool:
+    return (path / ".autoresearch" / MARKER).is_file() and (cache_root() / DEMO_DATASET).exists()
+
+
+def setup_command(path: Path) -> list[str]:
+    return [sys.executable, "-m", "core.cli", "-C", str(path), "setup", "--profile", DEMO_PROFILE,
+            "--dataset", DEMO_DATASET]
+
+
+def start_command(path: Path) -> list[str]:
+    return [sys.executable, "-m", "core.cli", "-C", str(path), "loop", "--detach", "--agent", DEMO_AGENT]
+
+
+def create(path: Path) -> None:
+    try:
+        from core.scaffold import create_workspace  # lazy: written by the engine's author, may not exist yet
+    except ImportError as e:
+        raise UserError(f"this installation cannot build the demo workspace ({e}); update autoresearch.") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    create_workspace(path, profile=DEMO_PROFILE, dataset=DEMO_DATASET, time_budget=DEMO_TIME_BUDGET)
+
+
+def prepare(path: Path, on_output: Callable[[bytes], None], cancelled: Callable[[], bool] = lambda: False) -> None:
+    """Create the workspace if needed, then run `autoresearch setup` once, streaming its output.
+
+    The first run builds the offline corpus and trains the tokenizer (a minute or two on a CPU).
+    """
+    if not is_created(path):
+        on_output(f"creating the demo workspace in {path}\n".encode())
+        create(path)
+    if is_prepared(path):
+        return
+    on_output(b"preparing data: building the offline corpus and tokenizer (first run only)\n")
+    proc = subprocess.Popen(setup_command(path), cwd=path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    try:
+        while True:
+            chunk = proc.stdout.read1(65536)
+            if not chunk:
+                break
+            on_output(chunk)
+            if cancelled():
+                proc.terminate()
+                raise UserError("demo preparation was cancelled.")
+    finally:
+        rc = proc.wait()
+    if rc != 0:
+        raise UserError(f"preparing the demo data failed (exit code {rc}); see the log above, then run "
+                        f"`autoresearch -C {path} setup --profile {DEMO_PROFILE} --dataset {DEMO_DATASET}`.")
+    marker = path / ".autoresearch" / MARKER
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"prepared_at": time.time(), "profile": DEMO_PROFILE, "dataset": DEMO_DATASET,
+                                  "time_budget": DEMO_TIME_BUDGET}) + "\n")

@@ -1,0 +1,105 @@
+"""Small modal screens: confirm abort, queue an idea, and the `?` key help."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Static
+
+MODAL_CSS = """
+{name} {{ align: center middle; background: $background 60%; }}
+{name} > Vertical {{ width: 64; max-width: 100%; height: auto; max-height: 100%; border: thick $primary;
+                    background: $surface; padding: 0 1; }}
+{name} .buttons {{ height: auto; align-horizontal: right; margin-top: 1; }}
+{name} Button {{ margin-left: 1; }}
+"""
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """Yes/no question; y/enter confirms, n/escape cancels."""
+
+    DEFAULT_CSS = MODAL_CSS.format(name="ConfirmScreen")
+    BINDINGS = [Binding("y", "answer(True)", "yes"), Binding("n,escape", "answer(False)", "no")]
+
+    def __init__(self, question: str, yes: str = "Yes", no: str = "No"):
+        super().__init__()
+        self.question, self.yes, self.no = question, yes, no
+
+    def compose(self):
+        with Vertical():
+            yield Static(Text(self.question))
+            with Horizontal(classes="buttons"):
+                yield Button(self.no, id="no")
+                yield Button(self.yes, id="yes", variant="error")
+
+    def on_mount(self) -> None:
+        self.query_one("#no", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, value: bool) -> None:
+        self.dismiss(value)
+
+
+class IdeaScreen(ModalScreen[str | None]):
+    """One line of text for the agent's next proposal; enter queues it, escape cancels."""
+
+    DEFAULT_CSS = MODAL_CSS.format(name="IdeaScreen")
+    BINDINGS = [Binding("escape", "cancel", "cancel")]
+
+    def compose(self):
+        with Vertical():
+            yield Static(Text("Idea for the agent's next proposal (enter queues it, escape cancels):"))
+            yield Input(placeholder="e.g. try a cosine warm-down", id="idea")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        text = event.value.strip()
+        self.dismiss(text or None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+KEYS_HELP = [
+    ("p", "pause the engine after the current step"),
+    ("r", "resume a paused engine"),
+    ("a", "abort the running experiment (asks first): kill, revert, record, hold"),
+    ("s", "start the engine, detached (same agent as last time)"),
+    ("i", "queue an idea for the next proposal"),
+    ("e", "edit program.md in $EDITOR (used from the next proposal)"),
+    ("t", "switch the log pane between the training log and the agent's activity"),
+    ("enter", "open the selected experiment: diff, metrics, training log, agent transcript"),
+    ("1 2 3 4", "show all / kept / discarded / crashed experiments"),
+    ("/", "search the results (escape clears)"),
+    ("[ ]", "previous / next pane (on small terminals panes are tabs)"),
+    ("tab", "move the focus between panes; arrows, page up/down, home/end move inside"),
+    ("?", "this help"),
+    ("q", "quit (a detached engine keeps running; start the dashboard again to re-attach)"),
+]
+
+
+class HelpScreen(ModalScreen[None]):
+    DEFAULT_CSS = MODAL_CSS.format(name="HelpScreen") + """
+    HelpScreen > Vertical { width: 90; }
+    """
+    BINDINGS = [Binding("escape,q,question_mark", "close", "close")]
+
+    def compose(self):
+        table = Table.grid(padding=(0, 2))
+        table.add_column(style="bold", no_wrap=True)
+        table.add_column()
+        for key, what in KEYS_HELP:
+            table.add_row(Text(key), Text(what))
+        with Vertical():
+            yield Static(Text("autoresearch-tui keys", style="bold"))
+            with VerticalScroll():
+                yield Static(table)
+            yield Static(Text("Keys that do not apply right now are dimmed in the footer. escape closes.",
+                              style="italic"))
+
+    def action_close(self) -> None:
+        self.dismiss(None)

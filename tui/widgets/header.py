@@ -1,0 +1,145 @@
+"""Dashboard header: workspace, tag, branch, engine state and phase, current experiment with countdown, best."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from rich.text import Text
+from textual.widget import Widget
+
+from ..logstream import sanitize_line
+
+
+def fmt_duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def short_path(path: Path) -> str:
+    home = os.path.expanduser("~")
+    p = str(path)
+    return "~" + p[len(home):] if home and home != "/" and (p == home or p.startswith(home + os.sep)) else p
+
+
+def countdown(cur, phase: str, now: float) -> str:
+    """'4:00 left' while training (from training_started_at + time_budget), else time spent in the experiment."""
+    if cur is None:
+        return ""
+    if phase == "training" and cur.training_started_at and cur.time_budget:
+        left = cur.training_started_at + cur.time_budget - now
+        if left >= 0:
+            return f"{fmt_duration(left)} left"
+        return f"budget +{fmt_duration(-left)} (evaluating)"
+    if cur.started_at:
+        return f"{phase} {fmt_duration(now - cur.started_at)}"
+    return phase
+
+
+class DashboardHeader(Widget):
+    """Attributes down: the screen sets snapshot/notice; a 1 Hz timer calls refresh() for the countdown."""
+
+    DEFAULT_CSS = """
+    DashboardHeader { height: auto; background: $panel; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis; }
+    """
+
+    COMPONENT_CLASSES = {"header--title", "header--running", "header--paused", "header--stopped", "header--dim",
+                         "header--best", "header--warn", "header--readonly", "header--exp"}
+
+    def __init__(self, clock=time.time, display_root: str | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.clock = clock
+        self.display_root = display_root
+        self.snapshot = None
+        self.notice: str = ""  # e.g. demo location or "preparing data"
+        self.starting = False
+
+    def set_snapshot(self, snapshot) -> None:
+        self.snapshot = snapshot
+        self.refresh(layout=True)
+
+    def set_notice(self, notice: str) -> None:
+        self.notice = notice
+        self.refresh(layout=True)
+
+    def _st(self, name: str):
+        return self.get_component_rich_style(f"header--{name}", partial=True)
+
+    def engine_label(self) -> tuple[str, str]:
+        """(text, style name) of the engine state shown first in the header."""
+        s = self.snapshot
+        if s is None:
+            return "loading…", "dim"
+        if not s.controllable:
+            return "read-only: upstream repo (no .autoresearch/), control keys disabled", "readonly"
+        if self.starting:
+            return "starting engine…", "paused"
+        e = s.engine
+        if e is None:
+            return "no engine running · s starts one", "stopped"
+        if not e.alive:
+            was = "" if e.status == "stopped" else f" (exited while {e.status})"
+            return f"○ engine not running{was} · s starts it", "stopped"
+        if e.status == "paused":
+            return f"‖ paused · {e.phase}", "paused"
+        if e.status == "stopping":
+            return f"■ stopping · {e.phase}", "paused"
+        return f"● {e.status} · {e.phase}", "running"
+
+    def render(self) -> Text:
+        s = self.snapshot
+        now = self.clock()
+        out = Text(no_wrap=True, overflow="ellipsis")
+        label, style = self.engine_label()
+        out.append(label, style=self._st(style))
+        if s is None:
+            return out
+        e = s.engine
+        cur = s.current
+        if cur is not None:
+            out.append("  │  ", style=self._st("dim"))
+            out.append(f"exp {sanitize_line(cur.id, 12)}", style=self._st("exp"))
+            cd = countdown(cur, e.phase if e else "", now)
+            if cd:
+                out.append(f" ⏱ {cd}")
+        if s.best is not None:
+            out.append("  │  ", style=self._st("dim"))
+            out.append(f"best {s.best:.6f}", style=self._st("best"))
+            if s.baseline is not None and s.baseline > 0 and s.best != s.baseline:
+                gain = s.best - s.baseline
+                out.append(f" ({gain:+.6f}, {100 * gain / s.baseline:+.2f}% vs baseline)".replace("-", "−"))
+        # line 2: what the current experiment tries (untrusted text)
+        out.append("\n")
+        if cur is not None:
+            out.append(sanitize_line(cur.description or "(proposing…)", 500))
+        elif s.rows:
+            last = s.rows[-1]
+            out.append(f"last: {last.label} {last.status} ", style=self._st("dim"))
+            out.append(sanitize_line(last.description, 500), style=self._st("dim"))
+        else:
+            out.append("no experiments yet", style=self._st("dim"))
+        # line 3: where
+        out.append("\n")
+        root = self.display_root or short_path(s.root)
+        out.append(root, style=self._st("title"))
+        tag = e.tag if e and e.tag else None
+        if tag:
+            out.append(f" · tag {sanitize_line(tag, 40)}")
+        if s.branch:
+            out.append(f" · branch {sanitize_line(s.branch, 80)}")
+        c = s.counts
+        out.append(f" · {len(s.rows)} runs: {c.get('keep', 0)} kept, {c.get('discard', 0)} discarded, "
+                   f"{c.get('crash', 0)} crashed", style=self._st("dim"))
+        if e and e.agent:
+            out.append(f" · agent {sanitize_line(e.agent, 40)}", style=self._st("dim"))
+        if s.pending_ideas:
+            out.append(f" · {s.pending_ideas} idea{'s' if s.pending_ideas != 1 else ''} queued", style=self._st("dim"))
+        # line 4 (only when there is something to say): warnings and notices
+        extra = [x for x in (self.notice, s.warning) if x]
+        if extra:
+            out.append("\n")
+            out.append(" · ".join(sanitize_line(x, 400) for x in extra), style=self._st("warn"))
+        return out
