@@ -104,6 +104,49 @@ def describe_proposal(proposal_file: Path, agent_tail: list[str], added: int, re
     return f"edit {EDITABLE_FILE} (+{added} -{removed} lines)"
 
 
+class LedgerCache:
+    """results.tsv parsed once, then only the lines appended since (the engine appends one per experiment), so a
+    long history costs nothing per experiment. Any other change to the file means a full parse again."""
+
+    _CHECK = 64  # bytes before the parsed offset that must be unchanged for the cache to stay valid
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.ledger = ledger.Ledger()
+        self.offset = 0
+        self.lines = 0
+        self.tail = b""
+
+    def read(self) -> ledger.Ledger:
+        try:
+            with open(self.path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                start = max(0, self.offset - self._CHECK)
+                f.seek(start)
+                if size < self.offset or f.read(self.offset - start) != self.tail:
+                    self.__init__(self.path)  # rewritten or edited: parse from the start
+                    f.seek(0)
+                data = f.read()
+        except FileNotFoundError:
+            self.__init__(self.path)
+            return self.ledger
+        end = data.rfind(b"\n")
+        if end < 0:
+            return self.ledger  # only a partial line so far
+        chunk = data[: end + 1]
+        new = ledger.parse(chunk.decode("utf-8", errors="replace"))
+        if self.lines:
+            from dataclasses import replace
+            new.rows = [replace(r, line_no=r.line_no + self.lines) for r in new.rows]
+            new.bad_lines = [(n + self.lines, t, why) for n, t, why in new.bad_lines]
+        self.ledger.rows.extend(new.rows)
+        self.ledger.bad_lines.extend(new.bad_lines)
+        self.lines += chunk.count(b"\n")
+        self.offset += len(chunk)
+        self.tail = (self.tail + chunk)[-self._CHECK:]
+        return self.ledger
+
+
 class _Experiment:
     """Bookkeeping of the experiment in flight (meta.json is written from it)."""
 
@@ -150,6 +193,7 @@ class Engine:
         self.state: EngineState | None = None
         self.events: EventLog | None = None
         self.rat: Ratchet | None = None
+        self.ledger = LedgerCache(ws.results_tsv)
 
     # --- control -------------------------------------------------------------------------------------
     def _on_control(self, cmd: str) -> None:
@@ -225,7 +269,7 @@ class Engine:
             recover(self.ws, self.rat, self.events, self.log)
             check_clean_tree(self.rat)
             created = self.rat.checkout_branch(self.branch)
-            led = ledger.read(self.ws.results_tsv)
+            led = self.ledger.read()
             if led.bad_lines:
                 self.log(f"autoresearch: warning: {led.warning()}")
             head = self.rat.head()
@@ -356,7 +400,7 @@ class Engine:
             exp.meta["idea"] = idea
             self.events.emit("idea_taken", exp.id, text=idea)
             exp.save()
-        led = ledger.read(self.ws.results_tsv)
+        led = self.ledger.read()
         best_row = next((r for r in reversed(led.rows) if r.status == "keep" and r.val_bpb == self.best_val), None)
         best_arg = {"commit": self.best_commit, "val_bpb": self.best_val,
                     "description": best_row.description if best_row else None}

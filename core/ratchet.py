@@ -108,10 +108,11 @@ class Ratchet:
             return False
 
     def head(self) -> str:
-        if not self.has_commits():
+        try:
+            return self.git("rev-parse", "--verify", "-q", "HEAD").strip()
+        except self._GitCommandError:
             raise UserError("the workspace repository has no commits yet; commit the trainer files first "
-                            "(`git add -A && git commit -m init`).")
-        return self.git("rev-parse", "HEAD").strip()
+                            "(`git add -A && git commit -m init`).") from None
 
     def rev(self, ref: str) -> str | None:
         try:

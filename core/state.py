@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import socket
 import threading
 import time
 
 from .errors import UserError
-from .workspace import Workspace, atomic_write_json, read_json
+from .workspace import Workspace, read_json
 
 STATUSES = ("running", "paused", "stopping", "stopped")
 PHASES = ("idle", "proposing", "validating", "training", "recording")
@@ -122,7 +123,7 @@ class EngineState:
         with self._lock:
             self.data.update(fields)
             self.data["updated_at"] = time.time()
-            atomic_write_json(self.ws.engine_json, self.data)
+            _write_snapshot(self.ws.engine_json, self.data)
             return dict(self.data)
 
     def update_experiment(self, **fields) -> None:
@@ -130,11 +131,22 @@ class EngineState:
             if self.data.get("experiment") is not None:
                 self.data["experiment"] = {**self.data["experiment"], **fields}
             self.data["updated_at"] = time.time()
-            atomic_write_json(self.ws.engine_json, self.data)
+            _write_snapshot(self.ws.engine_json, self.data)
 
     def get(self, key, default=None):
         with self._lock:
             return self.data.get(key, default)
+
+
+def _write_snapshot(path, data: dict) -> None:
+    """Replace engine.json atomically (temp file + os.replace). No fsync: it is rewritten a dozen times per
+    experiment, and after a power loss the next engine rewrites it anyway; readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
 
 
 def read_status(ws: Workspace) -> dict:
