@@ -82,6 +82,8 @@ def cmd_loop(ws: Workspace, args) -> int:
     config_mod.save(ws, cfg)
     if getattr(args, "detach", False):
         from .detach import start_detached
+        if getattr(agent, "notice", None):
+            print(f"autoresearch: {agent.notice}.", file=sys.stderr)
         return start_detached(ws, cfg)
     from .engine import Engine
     return Engine(ws, cfg, agent=agent).run()

@@ -231,6 +231,10 @@ class Engine:
                 self.log(f"autoresearch: ignoring a control command that could not be read ({e}).")
 
     def _on_signal(self, signum, frame) -> None:
+        """SIGTERM, SIGINT and SIGHUP stop the engine soon: a running agent or trainer is killed at once (a
+        system shutdown or `kill` will not wait minutes for a training run), the experiment is reverted and
+        recorded as a crash "engine stopped (SIGTERM)", then the engine exits. `autoresearch stop` is the
+        gentle way: it lets the current experiment finish."""
         # only set flags here: the main thread may hold any lock when the signal arrives
         self._signalled = signal.Signals(signum).name
         self._stop = True

@@ -272,3 +272,32 @@ def test_find_best_ignores_train_py_changed_after_measurement(tmp_path):
     ws.train_py.write_text(ws.train_py.read_text() + "# hand edit\n")
     sha = rat.commit_paths(["train.py"], "hand edit")
     assert find_best(rat, rows, sha) is None  # the head's train.py was never measured: run a baseline
+
+
+def test_abort_while_proposing_reverts_the_edit(tmp_path):
+    ws = make_workspace(tmp_path / "ws")
+    engine = Engine(ws, LoopConfig(tag="t", max_experiments=5),
+                    agent=ScriptAgent([{"quality": 0.5, "desc": "slow", "hang": True}]),
+                    handle_signals=False, log=lambda m: None)
+    t = threading.Thread(target=engine.run)
+    t.start()
+    wait_for(lambda: "QUALITY = 0.5" in ws.train_py.read_text(), what="the agent's edit")
+    control.send(ws, "abort")
+    wait_for(lambda: len(tsv_rows(ws)) == 2, what="the aborted row")
+    control.send(ws, "stop")
+    t.join(30)
+    assert not t.is_alive()
+    row = tsv_rows(ws)[1]
+    assert row[3] == "crash" and "aborted by user" in row[4]
+    assert "QUALITY = 1.0" in ws.train_py.read_text() and git(ws.root, "status", "--porcelain") == ""
+    assert "QUALITY = 0.5" in git(ws.root, "show", f"{meta(ws, '0002')['commit']}:train.py")
+
+
+def test_agent_timeout_is_a_crash_and_the_tree_is_restored(tmp_path):
+    ws = make_workspace(tmp_path / "ws")
+    run_engine(ws, [{"quality": 0.5, "hang": True}, {"quality": 0.9, "desc": "next"}], max_experiments=3,
+               agent_timeout=1.0)
+    rows = tsv_rows(ws)
+    assert rows[1][3] == "crash" and "agent timed out after 1 s" in rows[1][4]
+    assert rows[2][3] == "keep" and rows[2][4] == "next"
+    assert git(ws.root, "status", "--porcelain") == ""
