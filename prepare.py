@@ -392,9 +392,10 @@ def _fresh_build_dir(target: Path) -> Path:
 
 
 def stdlib_documents() -> list[tuple[str, str]]:
-    """(relative path, source text) of every UTF-8 .py file of this Python's standard library, sorted."""
+    """(relative path, source text) of every distinct UTF-8 .py file of this Python's stdlib, sorted."""
     root = Path(sysconfig.get_paths()["stdlib"])
     docs = []
+    seen: set[str] = set()
     for path in sorted(root.rglob("*.py"), key=lambda p: p.relative_to(root).as_posix()):
         rel = path.relative_to(root)
         if rel.parts[0] in ("site-packages", "dist-packages") or not path.is_file():
@@ -403,14 +404,16 @@ def stdlib_documents() -> list[tuple[str, str]]:
             text = path.read_bytes().decode("utf-8")
         except (OSError, UnicodeDecodeError):
             continue  # a few test files are deliberately in other encodings
-        if text.strip():
+        digest = hashlib.sha1(text.encode()).hexdigest()
+        if text.strip() and digest not in seen:  # identical files (test fixtures) would leak into val
+            seen.add(digest)
             docs.append((rel.as_posix(), text))
     return docs
 
 
 def build_pystdlib(target: Path, log=print) -> None:
     """The offline corpus: stdlib sources, one document per file, hash-split by path into train/val."""
-    signature = {"python": sys.version, "stdlib": sysconfig.get_paths()["stdlib"], "version": 1}
+    signature = {"python": sys.version, "stdlib": sysconfig.get_paths()["stdlib"], "version": 2}
     marker = target / "data.json"
     if (_read_json(marker) or {}).get("signature") == signature and list((target / "val").glob("*.parquet")):
         log(f"  pystdlib corpus already built in {target}")
@@ -733,6 +736,49 @@ def get_token_bytes(device="cpu", path: str | os.PathLike | None = None) -> torc
 # Dataloader: BOS-aligned best-fit packing, read/tokenize/pack in a background thread
 
 
+class BestFitPacker:
+    """BOS-aligned best-fit packing of tokenized documents into rows without padding.
+
+    Keeps a buffer of documents; fill_row puts the largest one that still fits into the row until it
+    is full, and when none fits crops the shortest to fill it exactly (dropping the rest of that one).
+    A row therefore starts with the first token of a document (BOS) and is never padded.
+    """
+
+    _SHIFT = 40  # buffer keys are len << 40 | seq: one sorted list of ints, cheaper than tuples
+    _LOW = (1 << 40) - 1
+
+    def __init__(self, buffer_size: int = DOC_BUFFER):
+        self.buffer_size = buffer_size
+        self._keys: list[int] = []
+        self._docs: dict[int, array.array] = {}
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def add(self, doc) -> None:
+        if len(doc):
+            self._docs[self._seq] = doc
+            bisect.insort(self._keys, (len(doc) << self._SHIFT) | self._seq)
+            self._seq += 1
+
+    def fill_row(self, out: array.array, width: int, more) -> None:
+        """Append exactly width tokens to out; more() returns further documents when the buffer runs low."""
+        remaining = width
+        while remaining:
+            while len(self._keys) < self.buffer_size:
+                for doc in more():
+                    self.add(doc)
+            i = bisect.bisect_right(self._keys, (remaining << self._SHIFT) | self._LOW) - 1
+            if i >= 0:  # the largest document that fits
+                key = self._keys.pop(i)
+                out.extend(self._docs.pop(key & self._LOW))
+                remaining -= key >> self._SHIFT
+            else:  # none fits: crop the shortest to fill the row
+                out.extend(self._docs.pop(self._keys.pop(0) & self._LOW)[:remaining])
+                remaining = 0
+
+
 _LIVE_LOADERS: "weakref.WeakSet[_PackedLoader]" = weakref.WeakSet()
 
 
@@ -755,13 +801,16 @@ class _PackedLoader:
     """
 
     def __init__(self, tokenizer: Tokenizer, B: int, T: int, files: list[Path], device,
-                 buffer_size: int = DOC_BUFFER, prefetch: int = 4):
+                 buffer_size: int | None = None, prefetch: int = 4):
         if B < 1 or T < 1:
             raise PrepareError(f"make_dataloader needs B >= 1 and T >= 1, not B={B}, T={T}")
         self.tokenizer, self.B, self.T, self.files = tokenizer, B, T, files
         self.device = torch.device(device)
         self.pin = self.device.type == "cuda"
-        self.buffer_size = buffer_size
+        # A split with fewer documents than the buffer (a small validation set) would otherwise be
+        # tokenized several times over before the first batch.
+        rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        self.buffer_size = max(1, min(DOC_BUFFER if buffer_size is None else buffer_size, rows))
         self._docs: queue.Queue = queue.Queue(maxsize=16)
         self._batches: queue.Queue = queue.Queue(maxsize=prefetch)
         self._stop = threading.Event()
@@ -863,36 +912,22 @@ class _PackedLoader:
 
     def _pack(self) -> None:
         B, T1 = self.B, self.T + 1
-        # Buffer keys are len << 40 | seq (ints compare faster than tuples); docs[seq] = tokens.
-        shift, low = 40, (1 << 40) - 1
-        keys: list[int] = []
-        docs: dict[int, array.array] = {}
-        seq = 0
-        epoch = 1
+        packer = BestFitPacker(self.buffer_size)
+        epoch = [1]
+
+        def more():
+            epoch[0], batch = self._get(self._docs)
+            return batch
+
         while not self._stop.is_set():
             flat = array.array("q")
             for _ in range(B):
-                remaining = T1
-                while remaining:
-                    while len(keys) < self.buffer_size:
-                        epoch, batch = self._get(self._docs)
-                        for ids in batch:
-                            docs[seq] = ids
-                            bisect.insort(keys, (len(ids) << shift) | seq)
-                            seq += 1
-                    i = bisect.bisect_right(keys, (remaining << shift) | low) - 1
-                    if i >= 0:  # the largest document that fits
-                        key = keys.pop(i)
-                        flat.extend(docs.pop(key & low))
-                        remaining -= key >> shift
-                    else:  # none fits: crop the shortest to fill the row
-                        flat.extend(docs.pop(keys.pop(0) & low)[:remaining])
-                        remaining = 0
+                packer.fill_row(flat, T1, more)
             rows = torch.frombuffer(flat, dtype=torch.long).view(B, T1)
             x, y = rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
             if self.pin:
                 x, y = x.pin_memory(), y.pin_memory()
-            if not self._put(self._batches, (x, y, epoch)):
+            if not self._put(self._batches, (x, y, epoch[0])):
                 return
 
 
