@@ -82,7 +82,7 @@ def load_saved(ws: Workspace) -> dict:
     return {k: data[k] for k in SAVED if k in data}
 
 
-def resolve(ws: Workspace, args=None, save_defaults: bool = True) -> LoopConfig:
+def resolve(ws: Workspace, args=None) -> LoopConfig:
     """Flags given now win; then the saved options; then the defaults (tag: today's date)."""
     cfg = LoopConfig()
     known = {f.name for f in fields(LoopConfig)}

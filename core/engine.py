@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -639,7 +638,3 @@ def _too_big(path: Path, limit: int = 5 << 20) -> bool:
         return path.is_file() and path.stat().st_size > limit
     except OSError:
         return False
-
-
-def dump_json(obj) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True)

@@ -74,9 +74,9 @@ def create_workspace(path, profile: str = "cpu", dataset: str = "pystdlib",
     _apply_profile(root, profile, dataset, time_budget)
     (root / ".gitignore").write_text(GITIGNORE, encoding="utf-8")
     repo = git.Repo.init(root)
-    with repo.config_writer() as cw:
+    if not _has_identity(repo):
         # a local identity, so commits work on a machine without a global git config
-        if not _has_identity(repo):
+        with repo.config_writer() as cw:
             cw.set_value("user", "name", "autoresearch")
             cw.set_value("user", "email", "autoresearch@localhost")
     repo.git.add("--", ".gitignore", *TRAINER_FILES)

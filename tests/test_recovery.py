@@ -21,7 +21,7 @@ from core.state import pid_alive
 from core.workspace import atomic_write_json
 
 from engine_fixtures import (ROOT, ScriptAgent, cli, cli_env, git, make_workspace, meta, read_events, set_fake,
-                             tsv_rows, wait_event, wait_for, write_agent_files)
+                             tsv_rows, wait_event, write_agent_files)
 
 
 def engine_proc(ws, agent_cmd, *extra):
