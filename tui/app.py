@@ -35,7 +35,7 @@ LIVENESS_S = 2.0  # re-check the engine pid even when no file changed (kill -9 l
 GPU_POLL_S = 1.0
 
 
-def start_engine_detached(root: Path, extra: list[str] | None = None, wait_s: float = 20.0) -> tuple[bool, str]:
+def start_engine_detached(root: Path, extra: list[str] | None = None, wait_s: float = 90.0) -> tuple[bool, str]:
     """Run `autoresearch loop --detach` in its own session; returns (ok, one-line detail).
 
     The command forks the engine and returns; if it has not returned after wait_s it is left running
@@ -53,7 +53,8 @@ def start_engine_detached(root: Path, extra: list[str] | None = None, wait_s: fl
         return True, "engine started"
     if proc.returncode != 0:
         lines = [ln.strip() for ln in (err or out).decode("utf-8", "replace").splitlines() if ln.strip()]
-        return False, (lines[-1] if lines else f"the engine exited with code {proc.returncode}")
+        detail = lines[-1].removeprefix("autoresearch:").strip() if lines else ""
+        return False, detail or f"the engine exited with code {proc.returncode}"
     return True, "engine started"
 
 

@@ -63,6 +63,8 @@ class EngineState:
     experiments_done: int | None = None
     max_experiments: int | None = None
     updated_at: float | None = None
+    message: str | None = None  # why the engine last stopped (not in the documented contract: optional)
+    child_pid: int | None = None  # the running trainer/agent subprocess, if the engine says
     alive: bool = False  # the process named by pid is running and the status is not "stopped"
 
 
@@ -177,6 +179,7 @@ def parse_engine(data, now: float, hostname: str | None = None) -> EngineState |
             started_at=_f(exp.get("started_at")), training_started_at=_f(exp.get("training_started_at")),
             time_budget=_f(exp.get("time_budget")))
     best = data.get("best") if isinstance(data.get("best"), dict) else {}
+    child = data.get("child") if isinstance(data.get("child"), dict) else {}
     status = str(data.get("status") or "stopped")
     pid = _i(data.get("pid"))
     host = _s(data.get("hostname"))
@@ -194,7 +197,8 @@ def parse_engine(data, now: float, hostname: str | None = None) -> EngineState |
         branch=_s(data.get("branch")), agent=_s(data.get("agent")), experiment=current,
         best_commit=_s(best.get("commit")), best_val_bpb=_f(best.get("val_bpb")),
         baseline_val_bpb=_f(data.get("baseline_val_bpb")), experiments_done=_i(data.get("experiments_done")),
-        max_experiments=_i(data.get("max_experiments")), updated_at=updated, alive=alive)
+        max_experiments=_i(data.get("max_experiments")), updated_at=updated, message=_s(data.get("message")),
+        child_pid=_i(child.get("pid")), alive=alive)
 
 
 def git_branch(root: Path) -> str | None:

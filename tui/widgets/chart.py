@@ -11,11 +11,12 @@ AXIS_W = 9  # "0.987500 " label column
 
 
 def _y_range(values: list[float]) -> tuple[float, float]:
-    """Lower end: the best value. Upper end: a high quantile, so one terrible run does not flatten the rest."""
+    """Lower end: the best value. Upper end: the baseline or a little above the upper quartile, whichever is
+    higher, so a few terrible runs are clamped to the top instead of flattening everything else."""
     lo = min(values)
     ordered = sorted(values)
-    hi = ordered[min(len(ordered) - 1, int(0.9 * (len(ordered) - 1) + 0.5))]
-    hi = max(hi, values[0])  # the baseline stays in view
+    q75 = ordered[min(len(ordered) - 1, int(0.75 * (len(ordered) - 1) + 0.5))]
+    hi = min(max(values), max(values[0], q75 + (q75 - lo) * 0.5))
     if hi - lo < 1e-6:
         pad = max(1e-4, abs(lo) * 1e-3)
         return lo - pad, hi + pad
@@ -82,6 +83,11 @@ class BpbChart(Widget):
 
     DEFAULT_CSS = """
     BpbChart { height: 1fr; min-height: 4; text-wrap: nowrap; text-overflow: ellipsis; }
+    BpbChart > .bpb-chart--best { color: $success; text-style: bold; }
+    BpbChart > .bpb-chart--keep { color: $success; }
+    BpbChart > .bpb-chart--discard { color: $text-muted; }
+    BpbChart > .bpb-chart--axis { color: $text-muted; }
+    BpbChart > .bpb-chart--title { color: $text-accent; text-style: bold; }
     """
 
     COMPONENT_CLASSES = {"bpb-chart--best", "bpb-chart--keep", "bpb-chart--discard", "bpb-chart--axis",

@@ -58,6 +58,12 @@ class GpuGauge(Widget):
 
     DEFAULT_CSS = """
     GpuGauge { height: auto; min-height: 3; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis; }
+    GpuGauge > .gpu-gauge--ok { color: $success; }
+    GpuGauge > .gpu-gauge--warn { color: $warning; }
+    GpuGauge > .gpu-gauge--hot { color: $error; }
+    GpuGauge > .gpu-gauge--dim { color: $text-muted; }
+    GpuGauge > .gpu-gauge--label { color: $text-accent; }
+    GpuGauge > .gpu-gauge--spark { color: $accent; }
     """
 
     COMPONENT_CLASSES = {"gpu-gauge--ok", "gpu-gauge--warn", "gpu-gauge--hot", "gpu-gauge--dim",

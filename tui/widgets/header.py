@@ -44,6 +44,15 @@ class DashboardHeader(Widget):
 
     DEFAULT_CSS = """
     DashboardHeader { height: auto; background: $panel; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis; }
+    DashboardHeader > .header--title { text-style: bold; }
+    DashboardHeader > .header--running { color: $success; text-style: bold; }
+    DashboardHeader > .header--paused { color: $warning; text-style: bold; }
+    DashboardHeader > .header--stopped { color: $text-muted; text-style: bold; }
+    DashboardHeader > .header--readonly { color: $warning; text-style: bold; }
+    DashboardHeader > .header--dim { color: $text-muted; }
+    DashboardHeader > .header--best { color: $success; }
+    DashboardHeader > .header--warn { color: $error; }
+    DashboardHeader > .header--exp { text-style: bold; }
     """
 
     COMPONENT_CLASSES = {"header--title", "header--running", "header--paused", "header--stopped", "header--dim",
@@ -82,7 +91,8 @@ class DashboardHeader(Widget):
             return "no engine running · s starts one", "stopped"
         if not e.alive:
             was = "" if e.status == "stopped" else f" (exited while {e.status})"
-            return f"○ engine not running{was} · s starts it", "stopped"
+            why = f" ({sanitize_line(e.message, 200)})" if e.message and e.status == "stopped" else ""
+            return f"○ engine not running{was}{why} · s starts it", "stopped"
         if e.status == "paused":
             return f"‖ paused · {e.phase}", "paused"
         if e.status == "stopping":

@@ -47,6 +47,13 @@ class RatchetHistory(Widget):
 
     DEFAULT_CSS = """
     RatchetHistory { height: 1fr; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis; }
+    RatchetHistory > .ratchet--node { color: $success; }
+    RatchetHistory > .ratchet--best { color: $success; text-style: bold; }
+    RatchetHistory > .ratchet--commit { color: $text-accent; }
+    RatchetHistory > .ratchet--gain { color: $success; }
+    RatchetHistory > .ratchet--discard { color: $text-muted; }
+    RatchetHistory > .ratchet--crash { color: $error; }
+    RatchetHistory > .ratchet--dim { color: $text-muted; }
     """
 
     COMPONENT_CLASSES = {"ratchet--node", "ratchet--best", "ratchet--commit", "ratchet--gain", "ratchet--discard",

@@ -43,6 +43,13 @@ class ResultsTable(ScrollView, can_focus=True):
     DEFAULT_CSS = """
     ResultsTable { background: $surface; scrollbar-size-vertical: 1; }
     ResultsTable:focus { background-tint: $foreground 3%; }
+    ResultsTable > .results-table--header { text-style: bold; color: $text-accent; }
+    ResultsTable > .results-table--cursor { background: $primary 40%; text-style: bold; }
+    ResultsTable > .results-table--keep { color: $success; }
+    ResultsTable > .results-table--discard { color: $text-muted; }
+    ResultsTable > .results-table--crash { color: $error; }
+    ResultsTable > .results-table--best { text-style: bold; }
+    ResultsTable > .results-table--dim { color: $text-muted; }
     """
 
     COMPONENT_CLASSES = {"results-table--header", "results-table--cursor", "results-table--keep",

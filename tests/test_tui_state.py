@@ -1,0 +1,168 @@
+"""tui.state: snapshots rebuilt from files only (engine.json, results.tsv, events.jsonl, git HEAD)."""
+
+import json
+import os
+import time
+
+import pytest
+
+from core.errors import UserError
+from core.ledger import Row
+from tests.tui_fixtures import T0, big_results, make_upstream_repo, make_workspace, write_engine
+from tui.state import (UPSTREAM, WORKSPACE, StateReader, build_rows, classify, parse_engine, read_experiment,
+                       tail_bytes)
+from tui.widgets.results import filter_rows
+
+
+def test_snapshot_of_a_workspace(tmp_path):
+    root = make_workspace(tmp_path / "ws")
+    snap = StateReader(root).load()
+    assert snap.mode == WORKSPACE and snap.controllable and snap.engine_alive
+    assert [r.exp_id for r in snap.rows] == ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]
+    assert snap.best == 0.9875 and snap.best_commit == "0000007" and snap.baseline == 1.0
+    assert snap.counts == {"keep": 4, "discard": 2, "crash": 1}
+    assert snap.branch == "autoresearch/nov26"
+    crash = snap.rows[3]
+    assert crash.status == "crash" and crash.val_bpb is None and crash.memory_gb is None
+    assert snap.rows[4].gain == pytest.approx(0.9902 - 0.995)
+    e = snap.engine
+    assert (e.status, e.phase, e.tag, e.agent) == ("running", "training", "nov26", "mutate")
+    assert e.experiment.id == "0008" and e.experiment.time_budget == 300
+    assert snap.current is e.experiment
+    assert snap.last_event["type"] == "experiment_finished"
+
+
+def test_engine_liveness(tmp_path):
+    root = make_workspace(tmp_path / "ws", engine="dead")
+    snap = StateReader(root).load()
+    assert snap.engine.status == "running" and not snap.engine_alive and snap.current is None
+    write_engine(root, status="stopped")
+    assert not StateReader(root).load().engine_alive
+    # an engine on another host (shared filesystem): alive while its heartbeat is fresh
+    e = parse_engine({"pid": 1, "hostname": "elsewhere", "status": "running", "updated_at": T0}, now=T0 + 10)
+    assert e.alive
+    e = parse_engine({"pid": 1, "hostname": "elsewhere", "status": "running", "updated_at": T0}, now=T0 + 1000)
+    assert not e.alive
+
+
+def test_garbage_engine_json_never_crashes(tmp_path):
+    assert parse_engine(None, T0) is None and parse_engine([1, 2], T0) is None
+    e = parse_engine({"pid": "x", "status": None, "experiment": {"id": 3, "time_budget": "soon"},
+                      "best": "nope", "experiments_done": True}, T0)
+    assert e.pid is None and e.status == "stopped" and e.experiment.id == "3" and e.experiment.time_budget is None
+    assert e.best_val_bpb is None and e.experiments_done is None and not e.alive
+    root = make_workspace(tmp_path / "ws")
+    (root / ".autoresearch" / "engine.json").write_text('{"pid": 12, "sta')  # half-written by hand
+    snap = StateReader(root).load()
+    assert snap.engine is None and len(snap.rows) == 7
+
+
+def test_rows_are_matched_to_ids_in_order_with_repeated_commits():
+    rows = [Row("aaaaaaa", 1.0, 1.0, "keep", "base"), Row("aaaaaaa", 0.0, 0.0, "crash", "rejected"),
+            Row("aaaaaaa", 0.0, 0.0, "crash", "rejected again"), Row("bbbbbbb", 0.9, 1.0, "keep", "x"),
+            Row("ccccccc", 0.95, 1.0, "discard", "hand-added row")]
+    finished = [("0001", "aaaaaaa" + "0" * 33, "keep"), ("0002", "aaaaaaa", "crash"), ("0003", "aaaaaaa", "crash"),
+                ("0004", "bbbbbbb", "keep")]
+    out = build_rows(rows, finished)
+    assert [r.exp_id for r in out] == ["0001", "0002", "0003", "0004", None]
+    assert [r.label for r in out][-1] == "#5"
+    assert [r.best_before for r in out] == [None, 1.0, 1.0, 1.0, 0.9]
+
+
+def test_events_are_read_incrementally_and_reread_after_truncation(tmp_path):
+    root = make_workspace(tmp_path / "ws")
+    reader = StateReader(root)
+    assert reader.load().rows[-1].exp_id == "0007"
+    events = root / ".autoresearch" / "events.jsonl"
+    with open(root / "results.tsv", "a") as f:
+        f.write("0000008\t0.980000\t44.0\tkeep\tnext\n")
+    with open(events, "a") as f:
+        f.write(json.dumps({"ts": T0, "type": "experiment_finished", "id": "0008", "status": "keep",
+                            "commit": "0000008"}) + "\n")
+        f.write('{"ts": 1, "type": "experiment_sta')  # being written right now
+    offset = reader._events_offset
+    snap = reader.load()
+    assert snap.rows[-1].exp_id == "0008" and reader._events_offset > offset
+    assert snap.last_event["id"] == "0008"
+    events.write_text(json.dumps({"ts": T0, "type": "engine_started", "id": None}) + "\n")
+    snap = reader.load()
+    assert all(r.exp_id is None for r in snap.rows) and snap.last_event["type"] == "engine_started"
+
+
+def test_signature_changes_with_the_files(tmp_path):
+    root = make_workspace(tmp_path / "ws")
+    reader = StateReader(root)
+    sig = reader.signature()
+    assert reader.signature() == sig
+    write_engine(root, status="paused")
+    assert reader.signature() != sig
+
+
+def test_classify(tmp_path):
+    root = make_workspace(tmp_path / "ws")
+    assert classify(root) == WORKSPACE
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "constants.py").write_text("")
+    assert classify(fresh) == WORKSPACE  # never run yet: `s` can start the first engine
+    up, _ = make_upstream_repo(tmp_path / "up")
+    assert classify(up) == UPSTREAM
+    snap = StateReader(up).load()
+    assert not snap.controllable and snap.engine is None and len(snap.rows) == 4 and snap.rows[0].exp_id is None
+    with pytest.raises(UserError, match="does not exist"):
+        classify(tmp_path / "nope")
+    (tmp_path / "f").write_text("")
+    with pytest.raises(UserError, match="is not a directory"):
+        classify(tmp_path / "f")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="not an autoresearch workspace"):
+        classify(tmp_path / "empty")
+
+
+def test_ten_thousand_rows_open_in_under_a_second_and_filter_fast(tmp_path):
+    root = tmp_path / "big"
+    root.mkdir()
+    (root / "results.tsv").write_text(big_results(10_000))
+    t0 = time.perf_counter()
+    snap = StateReader(root).load()
+    opened = time.perf_counter() - t0
+    assert len(snap.rows) == 10_000 and opened < 1.0
+    hay = [f"{r.exp_id or ''} {r.commit} {r.description}".lower() for r in snap.rows]
+    t0 = time.perf_counter()
+    kept = filter_rows(snap.rows, "keep", "", hay)
+    found = filter_rows(snap.rows, None, "tweak lr 7", hay)
+    filtered = time.perf_counter() - t0
+    assert len(kept) == 2500 and kept[0].n == 9997 and len(found) > 700
+    assert filtered < 0.2
+
+
+def test_read_experiment_and_tail_bytes(tmp_path):
+    root = make_workspace(tmp_path / "ws")
+    files = read_experiment(root, "0004")
+    assert files.meta["status"] == "crash" and files.metrics == {} and "MATRIX_LR" in files.diff
+    assert files.train_log.name == "train.log" and files.agent_log.name == "agent.log"
+    assert read_experiment(root, None).diff is None
+    big = tmp_path / "big.log"
+    big.write_bytes(b"".join(b"line %d\n" % i for i in range(100_000)))
+    data = tail_bytes(big, 1000)
+    assert data.endswith(b"line 99999\n") and data.startswith(b"line ") and len(data) <= 1000
+    assert tail_bytes(tmp_path / "missing") == b""
+
+
+def test_ideas_are_counted(tmp_path):
+    from core import control
+    from core.workspace import Workspace
+    root = make_workspace(tmp_path / "ws")
+    control.queue_idea(Workspace(root), "one")
+    control.queue_idea(Workspace(root), "two")
+    assert StateReader(root).load().pending_ideas == 2
+
+
+def test_worktree_branch(tmp_path):
+    from tests.tui_fixtures import git
+    root = make_workspace(tmp_path / "ws")
+    wt = tmp_path / "wt"
+    git(root, "worktree", "add", "-q", "-b", "exp/other", str(wt))
+    from tui.state import git_branch
+    assert git_branch(wt) == "exp/other"
+    assert os.path.isfile(wt / ".git")
