@@ -574,6 +574,7 @@ def fetch_txt(src: Source, target: Path, log=print) -> None:
     train.flush()
     val.flush()
     if not train.total_docs or not val.total_docs:
+        shutil.rmtree(build, ignore_errors=True)
         raise PrepareError(f"the downloaded {src.name} files hold no documents: delete {raw} and run "
                            f"prepare.py again")
     _swap_in(build, target)

@@ -70,7 +70,7 @@ def stdlib_texts(limit_chars: int, offset: int = 0) -> list[str]:
     for path in sorted(root.glob("*.py")):
         text = path.read_text("utf-8", errors="replace")
         for i in range(0, len(text), 2800):
-            piece = text[i:i + 200 + (i * 7919) % 2800]
+            piece = text[i:i + 200 + (len(docs) + skipped) * 7919 % 2600]
             if skipped < offset:
                 skipped += 1
                 continue
