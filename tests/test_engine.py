@@ -301,3 +301,33 @@ def test_agent_timeout_is_a_crash_and_the_tree_is_restored(tmp_path):
     assert rows[1][3] == "crash" and "agent timed out after 1 s" in rows[1][4]
     assert rows[2][3] == "keep" and rows[2][4] == "next"
     assert git(ws.root, "status", "--porcelain") == ""
+
+
+@pytest.mark.slow
+def test_real_cpu_trainer_with_the_mutate_agent(tmp_path):
+    """End to end with the real trainer (CPU profile, offline pystdlib data) and the real mutate agent."""
+    import subprocess
+    import sys
+
+    from engine_fixtures import ROOT, cli
+
+    try:
+        import core.setup  # noqa: F401  (the trainer side of create_workspace)
+    except ImportError:
+        pytest.skip("core.setup is not in the repository yet")
+    from core.scaffold import create_workspace
+
+    ws = create_workspace(tmp_path / "ws", profile="cpu", dataset="pystdlib", time_budget=3)
+    subprocess.run([sys.executable, "prepare.py"], cwd=ws.root, check=True, capture_output=True, timeout=600)
+    r = cli("-C", str(ws.root), "loop", "--tag", "real", "--agent", "mutate", "--max", "2", timeout=600)
+    assert r.returncode == 0, r.stderr
+    rows = tsv_rows(ws)
+    assert [row[3] for row in rows][0] == "keep" and rows[0][4] == "baseline"
+    assert 0.5 < float(rows[0][1]) < 20 and float(rows[0][2]) > 0
+    assert rows[1][3] in ("keep", "discard", "crash") and rows[1][4] != "baseline"
+    m = meta(ws, "0001")
+    assert m["metrics"]["device"] == "cpu" and m["metrics"]["val_bpb"] == m["val_bpb"]
+    assert b"\rstep" in (ws.experiment_dir("0001") / "train.log").read_bytes()
+    best = meta(ws, "0002")["commit"] if rows[1][3] == "keep" else meta(ws, "0001")["commit"]
+    assert git(ws.root, "rev-parse", "HEAD") == best and git(ws.root, "status", "--porcelain") == ""
+    assert ROOT.exists()
