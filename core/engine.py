@@ -571,6 +571,17 @@ class Engine:
         exp.timings["train_s"] = time.monotonic() - t0
         exp.meta["metrics"] = result.metrics
         commit = exp.meta["commit"]
+        # the trainer runs the agent's code: it must not have changed tracked files while it ran
+        dirty = [p for p in self.rat.tracked_changes() if p not in PERSON_FILES]
+        if EDITABLE_FILE in dirty:
+            self.rat.restore([EDITABLE_FILE], [])  # the commit holds what was measured
+            dirty.remove(EDITABLE_FILE)
+        if dirty:
+            files = ", ".join(dirty[:5])
+            self._record(exp, "crash", commit, None, None, exp.meta["description"],
+                         f"rejected: {files} changed during training")
+            return (f"{files} changed while experiment {exp.id} was training; check the change, commit or revert "
+                    "it, then start the loop again")
         if result.cancelled:
             self._record(exp, "crash", commit, None, None, exp.meta["description"],
                          self._cancel_reason or ABORTED)

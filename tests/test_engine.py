@@ -309,7 +309,7 @@ def test_real_cpu_trainer_with_the_mutate_agent(tmp_path):
     import subprocess
     import sys
 
-    from engine_fixtures import ROOT, cli
+    from engine_fixtures import cli
 
     try:
         import core.setup  # noqa: F401  (the trainer side of create_workspace)
@@ -330,4 +330,18 @@ def test_real_cpu_trainer_with_the_mutate_agent(tmp_path):
     assert b"\rstep" in (ws.experiment_dir("0001") / "train.log").read_bytes()
     best = meta(ws, "0002")["commit"] if rows[1][3] == "keep" else meta(ws, "0001")["commit"]
     assert git(ws.root, "rev-parse", "HEAD") == best and git(ws.root, "status", "--porcelain") == ""
-    assert ROOT.exists()
+
+
+def test_a_trainer_that_edits_tracked_files_is_caught(tmp_path):
+    ws = make_workspace(tmp_path / "ws")
+    edit_self = "\nopen('train.py', 'a').write('# edited while training\\n')\n"
+    run_engine(ws, [{"quality": 0.9, "append": edit_self, "desc": "edits itself"}], max_experiments=2)
+    assert [r[3] for r in tsv_rows(ws)] == ["keep", "keep"]
+    assert git(ws.root, "status", "--porcelain") == ""  # train.py is back to the measured commit
+    edit_prepare = "\nopen('prepare.py', 'a').write('# tampered\\n')\n"
+    rc, engine, _ = run_engine(ws, [{"quality": 0.1, "append": edit_prepare, "desc": "tampers"}], max_experiments=5)
+    assert rc == 1
+    row = tsv_rows(ws)[-1]
+    assert row[3] == "crash" and "rejected: prepare.py changed during training" in row[4]
+    assert "# tampered" in (ws.root / "prepare.py").read_text()  # left for the person to inspect
+    assert "prepare.py changed while experiment 0003" in __import__("json").loads(ws.engine_json.read_text())["message"]
