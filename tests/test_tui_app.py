@@ -307,6 +307,9 @@ async def test_small_terminal_uses_tabs_and_stays_usable(tmp_path):
         await pilot.press("right_square_bracket")
         await pilot.pause()
         text = screen_text(app)
+        lines = text.split("\n")
+        assert lines[1].startswith(" try [bold]GELU[/bold]") and lines[2].startswith(" ~/ws · tag nov26")
+        assert "⏎ open" in lines[-1] and "q quit" in lines[-1]
         assert "0007  0000007 0.987500      best   43.9 keep    embedding lr 0.8" in text
         assert "0001  0000001 1.000000" in text  # all 7 rows fit
         assert app.screen.query_one(ResultsTable).has_focus

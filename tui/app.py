@@ -12,6 +12,7 @@ Quitting never stops a detached engine; starting the dashboard again re-attaches
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shlex
 import subprocess
@@ -61,7 +62,7 @@ def start_engine_detached(root: Path, extra: list[str] | None = None, wait_s: fl
 class DashboardApp(App):
     """One workspace. Everything it shows is rebuilt from files, so it can be restarted at any time."""
 
-    CSS_PATH = "app.tcss"
+    CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses in other folders (benchmarks) find it
     TITLE = "autoresearch"
     ENABLE_COMMAND_PALETTE = False
     BINDINGS = [
@@ -149,6 +150,7 @@ class DashboardApp(App):
 
     def _poll_state(self) -> None:
         last_sig = None
+        last_snap = None
         last_load = 0.0
         worker = get_current_worker()
         while not self._stop.is_set() and not worker.is_cancelled:
@@ -161,7 +163,10 @@ class DashboardApp(App):
                         self._reload.clear()
                         snap = reader.load()
                         last_sig, last_load = sig, now
-                        self.post_message(StateChanged(snap))
+                        # an unchanged snapshot would only make the UI redo its layout: idle CPU stays low
+                        if last_snap is None or dataclasses.replace(snap, loaded_at=0) != last_snap:
+                            last_snap = dataclasses.replace(snap, loaded_at=0)
+                            self.post_message(StateChanged(snap))
                 except Exception as e:  # a transient read error must not stop the updates
                     self.log.warning(f"state poll: {e!r}")
             self._reload.wait(STATE_POLL_S)

@@ -41,8 +41,8 @@ class DashboardScreen(Screen):
         Binding("a", "abort", "abort"),
         Binding("s", "start", "start"),
         Binding("i", "idea", "idea"),
-        Binding("e", "edit", "edit program"),
-        Binding("t", "toggle_log", "agent/log"),
+        Binding("e", "edit", "edit"),
+        Binding("t", "toggle_log", "agent"),
         Binding("slash", "search", "search"),
         Binding("escape", "clear_search", "clear search", show=False),
         Binding("1", "filter('all')", "all", show=False),
@@ -64,6 +64,8 @@ class DashboardScreen(Screen):
         self.agent_log = agent_log
         self.filter_name = "all"
         self.showing_agent = False
+        self._bindings_key = None
+        self._results_title_key = None
 
     def compose(self):
         yield DashboardHeader(clock=self.clock, display_root=self.display_root, id="header")
@@ -119,7 +121,12 @@ class DashboardScreen(Screen):
                 self.query_one("#agent-log", LogPane).set_path(path)
         self._update_results_title()
         self._update_log_title()
-        self.refresh_bindings()
+        # the footer is rebuilt on refresh_bindings: only when what check_action looks at has changed
+        e = snap.engine
+        key = (snap.controllable, snap.engine_alive, e.status if e else None, bool(e and e.experiment))
+        if key != self._bindings_key:
+            self._bindings_key = key
+            self.refresh_bindings()
 
     def apply_gpu(self, message) -> None:
         self.query_one(GpuGauge).update_sample(message.sample, message.trainer_rss_mb, message.engine_rss_mb)
@@ -260,6 +267,10 @@ class DashboardScreen(Screen):
 
     def _update_results_title(self) -> None:
         table = self.query_one(ResultsTable)
+        key = (self.filter_name, table.search, len(table.view), len(table.rows))
+        if key == self._results_title_key:
+            return
+        self._results_title_key = key
         title = "Results"
         if self.filter_name != "all":
             title += f" · {self.filter_name}"

@@ -43,7 +43,7 @@ class DashboardHeader(Widget):
     """Attributes down: the screen sets snapshot/notice; a 1 Hz timer calls refresh() for the countdown."""
 
     DEFAULT_CSS = """
-    DashboardHeader { height: auto; background: $panel; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis; }
+    DashboardHeader { height: 1; background: $panel; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis; }
     DashboardHeader > .header--title { text-style: bold; }
     DashboardHeader > .header--running { color: $success; text-style: bold; }
     DashboardHeader > .header--paused { color: $warning; text-style: bold; }
@@ -68,10 +68,18 @@ class DashboardHeader(Widget):
 
     def set_snapshot(self, snapshot) -> None:
         self.snapshot = snapshot
-        self.refresh(layout=True)
+        self._fit()
 
     def set_notice(self, notice: str) -> None:
         self.notice = notice
+        self._fit()
+
+    def _fit(self) -> None:
+        # An explicit height: Textual caches an `auto` height measured while the header still said
+        # "loading…" (seen at 80x24), which cut the header to one line.
+        lines = 1 if self.snapshot is None else 3 + bool(self.notice or self.snapshot.warning)
+        if self.styles.height is None or self.styles.height.value != lines:
+            self.styles.height = lines
         self.refresh(layout=True)
 
     def _st(self, name: str):
