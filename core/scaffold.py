@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import shutil
 from pathlib import Path
 
@@ -29,32 +28,7 @@ def template_dir() -> Path:
 def _apply_profile(root: Path, profile: str, dataset: str | None, time_budget: float | None) -> None:
     from .setup import apply_profile  # the trainer's side: rewrites constants.py and train.py's size knobs
 
-    params = inspect.signature(apply_profile).parameters
-    kwargs = {}
-    for name, value in (("dataset", dataset), ("time_budget", time_budget)):
-        if value is not None and name in params:
-            kwargs[name] = value
-    if "root" in params or "workspace" in params or "path" in params:
-        key = "root" if "root" in params else "workspace" if "workspace" in params else "path"
-        value = Workspace(root) if key == "workspace" else root
-        apply_profile(profile=profile, **{key: value}, **kwargs)
-    else:
-        apply_profile(root, profile, **kwargs)
-    if time_budget is not None and "time_budget" not in params:
-        _set_constant(root / "constants.py", "TIME_BUDGET", time_budget)
-
-
-def _set_constant(path: Path, name: str, value) -> None:
-    """Rewrite `NAME = ...` at the top level of a constants file, keeping its trailing comment."""
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    for i, line in enumerate(lines):
-        if line.startswith(f"{name} =") or line.startswith(f"{name}="):
-            comment = line[line.index("#"):].rstrip("\n") if "#" in line else ""
-            lines[i] = f"{name} = {value!r}" + (f"  {comment}" if comment else "") + "\n"
-            break
-    else:
-        lines.append(f"{name} = {value!r}\n")
-    path.write_text("".join(lines), encoding="utf-8")
+    apply_profile(root, profile, dataset=dataset, time_budget=time_budget)
 
 
 def create_workspace(path, profile: str = "cpu", dataset: str = "pystdlib",

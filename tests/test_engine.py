@@ -306,6 +306,7 @@ def test_agent_timeout_is_a_crash_and_the_tree_is_restored(tmp_path):
 @pytest.mark.slow
 def test_real_cpu_trainer_with_the_mutate_agent(tmp_path):
     """End to end with the real trainer (CPU profile, offline pystdlib data) and the real mutate agent."""
+    import re
     import subprocess
     import sys
 
@@ -318,6 +319,11 @@ def test_real_cpu_trainer_with_the_mutate_agent(tmp_path):
     from core.scaffold import create_workspace
 
     ws = create_workspace(tmp_path / "ws", profile="cpu", dataset="pystdlib", time_budget=3)
+    # a quarter of the CPU profile's evaluation keeps this test short; committed like a person's setup change
+    consts = ws.root / "constants.py"
+    consts.write_text(re.sub(r"^EVAL_TOKENS = .*$", "EVAL_TOKENS = 16384  # small for the test", consts.read_text(),
+                             flags=re.M))
+    git(ws.root, "commit", "-qam", "smaller evaluation")
     subprocess.run([sys.executable, "prepare.py"], cwd=ws.root, check=True, capture_output=True, timeout=600)
     r = cli("-C", str(ws.root), "loop", "--tag", "real", "--agent", "mutate", "--max", "2", timeout=600)
     assert r.returncode == 0, r.stderr
