@@ -446,6 +446,10 @@ if __name__ == "__main__":
     model.cos.copy_(cos)
     model.sin.copy_(sin)
     model.init_weights()
+    if USE_CUDA:
+        # bf16 embeddings (as upstream): the residual stream then stays bf16, which saves memory and bandwidth
+        model.wte.to(dtype=torch.bfloat16)
+        model.value_embeds.to(dtype=torch.bfloat16)
     num_params = model.num_params()
     flops_per_token = model.flops_per_token(MAX_SEQ_LEN)
     peak = peak_flops()
