@@ -438,3 +438,34 @@ def test_state_reader_git_branch_of_a_detached_head(tmp_path):
     git(root, "checkout", "-q", shas[0])
     assert git_branch(root) == f"detached at {shas[0][:7]}"
 
+
+
+async def test_demo_builds_the_workspace_shows_preparation_and_starts_the_engine(tmp_path, monkeypatch):
+    import sys
+
+    from tui import demo
+    from tui.state import WORKSPACE
+    script = tmp_path / "fake_setup.py"  # the real setup trains a tokenizer: too slow for this suite
+    script.write_text("for i in range(3):\n    print(f'\\rtokenizer {i + 1}/3', end='', flush=True)\n"
+                      "print()\nprint('setup done')\n")
+    monkeypatch.setattr(demo, "setup_command", lambda path: [sys.executable, str(script)])
+    calls = []
+
+    def fake_start(path, extra=None):
+        calls.append(extra)
+        write_engine(path, status="running", phase="proposing", exp_id="0001")
+        return True, "engine started"
+
+    root = tmp_path / "demo"
+    app = make_app(root, mode=WORKSPACE, demo=True, start_command=fake_start, display_root=None)
+    async with app.run_test(size=WIDE) as pilot:
+        await wait_for(pilot, lambda: calls)
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        pane = app.screen.query_one("#train-log")
+        await wait_for(pilot, lambda: "setup done" in pane.view.lines)
+        assert "tokenizer 3/3" in pane.view.lines and "tokenizer 1/3" not in pane.view.lines
+        assert calls == [["--agent", "mutate"]]
+        assert (root / "train.py").is_file() and (root / ".autoresearch" / demo.MARKER).is_file()
+        text = screen_text(app)
+        assert f"demo workspace: {root}" in text and "● running · proposing" in text

@@ -110,6 +110,7 @@ class DashboardApp(App):
     def on_ready(self) -> None:
         # after the first frame: the dashboard screen is composed, and nothing slow delayed it
         if self.demo:
+            self.dashboard.query_one("#header").preparing = True
             self.dashboard.query_one("#header").set_notice(
                 f"demo workspace: {self.root} · preparing (the first run builds the corpus and tokenizer)…")
             self.run_worker(self._prepare_demo, thread=True, exclusive=True, exit_on_error=False,
@@ -321,13 +322,15 @@ class DashboardApp(App):
     def on_demo_prepared(self, message: DemoPrepared) -> None:
         from . import demo
         header = self.dashboard.query_one("#header")
+        header.preparing = False
         self.demo_ready = message.ok
+        self.dashboard.refresh_bindings()
         if not message.ok:
             header.set_notice(f"demo workspace: {self.root} · {message.detail}")
             self._say(message.detail, "error")
             return
-        header.set_notice(f"demo workspace: {self.root} (cpu profile, pystdlib data, mutate agent, "
-                          f"{demo.DEMO_TIME_BUDGET}s budget)")
+        header.set_notice(f"demo workspace: {self.root} ({demo.DEMO_PROFILE} profile, {demo.DEMO_DATASET} data, "
+                          f"{demo.DEMO_AGENT} agent)")
         self.reload_state()
         if not (self.snapshot and self.snapshot.engine_alive):
             self.start_engine(["--agent", demo.DEMO_AGENT])

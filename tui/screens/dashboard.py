@@ -147,7 +147,7 @@ class DashboardScreen(Screen):
         if action == "abort":
             return True if alive and e.experiment is not None and e.status != "stopping" else None
         if action == "start":
-            return not alive and not self.app.starting
+            return not alive and not self.app.starting and self.app.demo_ready
         if action == "edit":
             return True if (snap.root / "program.md").is_file() else None
         return True

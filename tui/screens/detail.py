@@ -24,7 +24,8 @@ MAX_DIFF_LINES = 5000
 
 def _fmt(v) -> str:
     if isinstance(v, float):
-        return f"{v:.6f}" if abs(v) < 10 else f"{v:.2f}"
+        text = f"{v:.6f}" if abs(v) < 10 else f"{v:.2f}"
+        return text.rstrip("0").rstrip(".") if "." in text else text
     return str(v)
 
 

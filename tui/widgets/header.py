@@ -33,7 +33,8 @@ def countdown(cur, phase: str, now: float) -> str:
         left = cur.training_started_at + cur.time_budget - now
         if left >= 0:
             return f"{fmt_duration(left)} left"
-        return f"budget +{fmt_duration(-left)} (evaluating)"
+        # the trainer does not count its first (compilation) steps, so this is an estimate
+        return f"{fmt_duration(-left)} over budget"
     if cur.started_at:
         return f"{phase} {fmt_duration(now - cur.started_at)}"
     return phase
@@ -65,6 +66,7 @@ class DashboardHeader(Widget):
         self.snapshot = None
         self.notice: str = ""  # e.g. demo location or "preparing data"
         self.starting = False
+        self.preparing = False  # --demo: the workspace and its data are being built
 
     def set_snapshot(self, snapshot) -> None:
         self.snapshot = snapshot
@@ -92,6 +94,8 @@ class DashboardHeader(Widget):
             return "loading…", "dim"
         if not s.controllable:
             return "read-only: upstream repo (no .autoresearch/), control keys disabled", "readonly"
+        if self.preparing:
+            return "preparing demo data…", "paused"
         if self.starting:
             return "starting engine…", "paused"
         e = s.engine

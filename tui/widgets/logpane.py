@@ -101,7 +101,7 @@ class LogView(ScrollView, can_focus=True):
     """Plain-text lines (never markup) in a bounded deque, drawn with the line API; follows the end."""
 
     DEFAULT_CSS = """
-    LogView { background: $surface; scrollbar-size-vertical: 1; }
+    LogView { background: $surface; scrollbar-size-vertical: 1; overflow-x: hidden; }
     LogView:focus { background-tint: $foreground 3%; }
     """
 
