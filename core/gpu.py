@@ -115,7 +115,12 @@ class GpuMonitor:
         name = _try(lambda: nv.nvmlDeviceGetName(handle))
         if isinstance(name, bytes):
             name = name.decode("utf-8", "replace")
-        mem = _try(lambda: nv.nvmlDeviceGetMemoryInfo(handle))
+        mem = None
+        if hasattr(nv, "nvmlMemory_v2"):
+            # v2 reports `used` without the driver's reservation, as nvidia-smi does (v1 adds ~600 MiB on an H200)
+            mem = _try(lambda: nv.nvmlDeviceGetMemoryInfo(handle, version=nv.nvmlMemory_v2))
+        if mem is None:
+            mem = _try(lambda: nv.nvmlDeviceGetMemoryInfo(handle))
         util = _try(lambda: nv.nvmlDeviceGetUtilizationRates(handle))
         temp = _try(lambda: nv.nvmlDeviceGetTemperature(handle, getattr(nv, "NVML_TEMPERATURE_GPU", 0)))
         power = _try(lambda: nv.nvmlDeviceGetPowerUsage(handle))

@@ -109,3 +109,12 @@ def test_core_gpu_does_not_import_textual():
     code = "import sys, core.gpu; print('textual' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=os.getcwd(), check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_memory_v2_is_preferred_when_the_library_has_it():
+    nv, _ = _fake_nvml(count=1)
+    nv.nvmlMemory_v2 = object()
+    v1 = nv.nvmlDeviceGetMemoryInfo
+    nv.nvmlDeviceGetMemoryInfo = lambda h, version=None: (
+        types.SimpleNamespace(used=0, total=80 * 1024**3) if version is nv.nvmlMemory_v2 else v1(h))
+    assert gpu.GpuMonitor(nvml=nv).sample().gpus[0].memory_used_mb == 0
