@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "or a folder of .parquet/.txt files")
     s.add_argument("--seq-len", type=int, default=None, help="override MAX_SEQ_LEN")
     s.add_argument("--num-shards", type=int, default=None, help="training shards to download")
+    s.add_argument("--time-budget", type=float, default=None, help="override TIME_BUDGET (training seconds)")
     s.add_argument("--no-prepare", action="store_true", help="only write the files, do not prepare data")
 
     sub.add_parser("run", help="run one experiment of the current train.py and print val_bpb and peak_vram_mb")
