@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from prepare_helpers import (REPO, load_prepare, make_workspace, prepared_cache, run_prepare_cli, shard_texts,
+from prepare_helpers import (REPO, load_prepare, make_workspace, prepared_cache, shard_texts,
                              stdlib_texts)
 
 
@@ -273,13 +273,6 @@ def test_cli_errors_are_one_sentence(tmp_path, monkeypatch, capsys, args, messag
     args = [a.replace("{empty}", str(tmp_path / "empty")) for a in args]
     rc = prep.main([*args, "--cache", str(tmp_path / "cache")])
     _check_one_sentence(rc, capsys.readouterr().err, message, tmp_path / "cache")
-
-
-def test_cli_error_as_a_real_process(tmp_path):
-    ws = make_workspace(tmp_path / "ws")
-    proc = run_prepare_cli(ws, "--dataset", "imagenet", "--cache", str(tmp_path / "cache"))
-    assert "Traceback" not in proc.stderr
-    _check_one_sentence(proc.returncode, proc.stderr, "unknown dataset 'imagenet'", tmp_path / "cache")
 
 
 def test_cli_help_and_repo_module_api(tmp_path, monkeypatch, capsys):
