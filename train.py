@@ -12,6 +12,7 @@ os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 import gc
 import math
 import sys
+from collections import defaultdict
 from contextlib import nullcontext
 
 import torch
@@ -331,11 +332,15 @@ if COMPILE:
     adamw_step = torch.compile(adamw_step, dynamic=False, fullgraph=True)
 
 
-class MuonAdamW(torch.optim.Optimizer):
-    """Groups of kind 'muon' (same-shape matrices, updated as one stack) and 'adamw'."""
+class MuonAdamW:
+    """Groups of kind 'muon' (same-shape matrices, updated as one stack) and 'adamw'.
+
+    A plain class: torch.optim.Optimizer's constructor imports torch._dynamo, seconds of startup on a CPU.
+    """
 
     def __init__(self, groups):
-        super().__init__(groups, defaults={})
+        self.param_groups = [dict(g, params=list(g["params"])) for g in groups]
+        self.state = defaultdict(dict)  # parameter -> its buffers (a muon group's stack: under its first matrix)
         # Hyperparameters live in 0-D CPU tensors so that changing them never recompiles the step functions.
         self._t = {k: torch.tensor(0.0) for k in ("lr", "wd", "momentum", "beta1", "beta2", "eps", "step")}
 
