@@ -310,8 +310,28 @@ def _finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def parse_metrics(text: str | None) -> tuple[dict, str | None]:
-    """Validate the trusted metrics file's content: returns (metrics, None) or ({...}, reason it is invalid)."""
+# metrics.json key -> constants.py name: the evaluation must have run with the workspace's fixed constants
+_EVAL_CONSTANTS = {"eval_tokens": "EVAL_TOKENS", "max_seq_len": "MAX_SEQ_LEN", "vocab_size": "VOCAB_SIZE",
+                   "dataset": "DATASET"}
+
+
+def expected_eval_constants(ws_root: Path) -> dict:
+    """The evaluation constants of the workspace's constants.py (read by parsing, never imported)."""
+    path = Path(ws_root) / "constants.py"
+    out = {}
+    for key, name in _EVAL_CONSTANTS.items():
+        value = read_constant(path, name)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def parse_metrics(text: str | None, expected: dict | None = None) -> tuple[dict, str | None]:
+    """Validate the trusted metrics file's content: returns (metrics, None) or ({...}, reason it is invalid).
+
+    `expected` holds the evaluation constants of constants.py: train.py runs in the same process as the
+    evaluation, so a run that evaluated with other values (e.g. it reassigned prepare.EVAL_TOKENS) is refused.
+    """
     if text is None:
         return {}, "no metrics were written (the run did not reach the evaluation)"
     try:
@@ -328,6 +348,10 @@ def parse_metrics(text: str | None) -> tuple[dict, str | None]:
         mem = 0.0
     if not _finite(mem) or mem < 0:
         return metrics, f"invalid peak_vram_mb in the metrics file: {mem!r}"
+    for key, want in (expected or {}).items():
+        if key in metrics and metrics[key] != want:
+            return metrics, (f"the evaluation ran with {key}={metrics[key]!r} but constants.py says {want!r} "
+                             "(train.py must not change the evaluation constants)")
     return metrics, None
 
 
@@ -381,7 +405,7 @@ class LocalRunner:
         if metrics_out is not None and text is not None:
             from .workspace import atomic_write_text
             atomic_write_text(metrics_out, text)
-        metrics, invalid = parse_metrics(text)
+        metrics, invalid = parse_metrics(text, expected_eval_constants(self.ws_root))
         reason = None
         if res.error:
             reason = res.error
