@@ -60,7 +60,8 @@ def test_countdown():
     from tui.state import CurrentExperiment
     cur = CurrentExperiment(id="0001", started_at=100.0, training_started_at=160.0, time_budget=300.0)
     assert countdown(cur, "training", 220.0) == "4:00 left"
-    assert countdown(cur, "training", 470.0) == "0:10 over budget"
+    assert countdown(cur, "training", 470.0) == "finishing +0:10"
+    assert "over" not in countdown(cur, "training", 4000.0) and "-" not in countdown(cur, "training", 4000.0)
     assert countdown(cur, "proposing", 145.0) == "proposing 0:45"
     assert fmt_duration(3725) == "1:02:05"
 

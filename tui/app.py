@@ -333,7 +333,7 @@ class DashboardApp(App):
                           f"{demo.DEMO_AGENT} agent)")
         self.reload_state()
         if not (self.snapshot and self.snapshot.engine_alive):
-            self.start_engine(["--agent", demo.DEMO_AGENT])
+            self.start_engine(demo.start_args())
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,8 +33,9 @@ def countdown(cur, phase: str, now: float) -> str:
         left = cur.training_started_at + cur.time_budget - now
         if left >= 0:
             return f"{fmt_duration(left)} left"
-        # the trainer does not count its first (compilation) steps, so this is an estimate
-        return f"{fmt_duration(-left)} over budget"
+        # Normal, not an overrun: the trainer does not count its first (compilation) steps, and the
+        # evaluation comes after the budget. Say so, with the time since, instead of a negative countdown.
+        return f"finishing +{fmt_duration(-left)}"
     if cur.started_at:
         return f"{phase} {fmt_duration(now - cur.started_at)}"
     return phase

@@ -1,0 +1,165 @@
+"""End to end: the real autoresearch-tui in tmux, on a workspace run by the real engine, trainer and mutate agent."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("tmux") is None,
+                                                   reason="tmux is not installed (apt-get install tmux)")]
+
+COLS, ROWS = 120, 40
+
+
+class Tmux:
+    """One private tmux server (own socket, no user config) holding the dashboard in one pane."""
+
+    def __init__(self, name: str):
+        self.base = ["tmux", "-L", name, "-f", "/dev/null"]
+        self.session = "tui"
+        # Textual believes COLUMNS/LINES over the terminal, and the test runner exports 80x24 (seen under
+        # pytest); TMUX would point at an outer server
+        self.env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "TMUX", "TMUX_PANE")}
+        self.env["TERM"] = "xterm-256color"
+
+    def tmux(self, *args: str) -> str:
+        return subprocess.run([*self.base, *args], check=True, capture_output=True, text=True, timeout=20,
+                              env=self.env).stdout
+
+    def start(self, command: str, session: str = "tui") -> None:
+        self.session = session
+        self.tmux("new-session", "-d", "-s", session, "-x", str(COLS), "-y", str(ROWS), command)
+
+    def keys(self, *keys: str) -> None:
+        self.tmux("send-keys", "-t", self.session, *keys)
+
+    def screen(self) -> str:
+        return self.tmux("capture-pane", "-p", "-t", self.session)
+
+    def wait_for(self, what: str, cond, timeout: float) -> str:
+        """Poll the screen until cond(text) holds; the failure shows the last screen."""
+        deadline = time.monotonic() + timeout
+        text = ""
+        while time.monotonic() < deadline:
+            try:
+                text = self.screen()
+            except subprocess.CalledProcessError:
+                text = ""
+            if cond(text):
+                return text
+            time.sleep(0.2)
+        raise AssertionError(f"not seen within {timeout:.0f} s: {what}\n--- screen ---\n{text}")
+
+    def kill(self) -> None:
+        subprocess.run([*self.base, "kill-server"], capture_output=True, timeout=20)
+
+
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True, text=True).stdout
+
+
+def engine_pid(root: Path) -> int | None:
+    try:
+        return json.loads((root / ".autoresearch" / "engine.json").read_text()).get("pid")
+    except (OSError, ValueError):
+        return None
+
+
+def alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    return data[data.rfind(b")") + 2:][:1] != b"Z"
+
+
+def table_rows(text: str, status: str) -> list[str]:
+    """Rows of the results table with this status: `0001  abc1234 3.210000 ... keep    baseline`."""
+    return re.findall(rf"│(\d{{4}}  [0-9a-f]{{7}} .*? {status} .*?)│", text)
+
+
+def test_real_dashboard_in_tmux_controls_a_real_engine_and_reattaches(tmp_path):
+    try:
+        from core.scaffold import create_workspace
+    except ImportError:
+        pytest.skip("core.scaffold is not in the repository yet")
+    # a real workspace: the CPU profile with a 3 s budget and a quarter of its evaluation (committed like a
+    # person's setup change), data and tokenizer prepared by the real prepare.py in the test's cache
+    ws = create_workspace(tmp_path / "ws", profile="cpu", dataset="pystdlib", time_budget=3)
+    root = ws.root
+    consts = root / "constants.py"
+    consts.write_text(re.sub(r"^EVAL_TOKENS = .*$", "EVAL_TOKENS = 16384  # small for the test", consts.read_text(),
+                             flags=re.M))
+    git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "smaller evaluation")
+    subprocess.run([sys.executable, "prepare.py"], cwd=root, check=True, capture_output=True, timeout=300)
+    # the options of an earlier `autoresearch loop`, which `s` reuses (documented in docs/architecture.md)
+    (root / ".autoresearch").mkdir(exist_ok=True)
+    (root / ".autoresearch" / "config.json").write_text(json.dumps({"agent": "mutate", "tag": "e2e"}))
+
+    tui = Path(sys.executable).with_name("autoresearch-tui")
+    argv = str(tui) if tui.exists() else f"{sys.executable} -m tui.app"
+    # after the dashboard exits the pane stays, showing its exit code (and so the test sees q worked)
+    command = f"cd {root} && {argv} {root}; echo TUI-EXITED $?; sleep 600"
+    term = Tmux(f"autoresearch-e2e-{os.getpid()}")
+    pid = None
+    try:
+        term.start(command)
+        term.wait_for("the dashboard offering to start an engine", lambda t: "s starts one" in t, 30)
+        term.keys("s")
+        # the baseline finishes: a keep row in the results table; the next experiment (mutate) is underway
+        text = term.wait_for("a finished experiment (keep row)", lambda t: table_rows(t, "keep"), 150)
+        pid = engine_pid(root)
+        assert alive(pid)
+        assert "0001" in table_rows(text, "keep")[0] and "baseline" in table_rows(text, "keep")[0]
+        term.wait_for("experiment 0002 underway", lambda t: "exp 0002" in t, 60)
+
+        term.keys("p")
+        term.wait_for("the paused state", lambda t: "‖ paused" in t, 20)
+        term.keys("r")
+        term.wait_for("running again", lambda t: "● running" in t, 20)
+
+        term.keys("a")
+        term.wait_for("the abort confirmation", lambda t: "Abort experiment 0002?" in t, 20)
+        term.keys("y")
+        text = term.wait_for("the aborted experiment as a crash row, engine holding",
+                             lambda t: table_rows(t, "crash") and "‖ paused" in t, 60)
+        assert "0002" in table_rows(text, "crash")[0]
+        assert "aborted by user" in (root / "results.tsv").read_text()
+
+        term.keys("q")
+        term.wait_for("the dashboard exits", lambda t: "TUI-EXITED 0" in t, 20)
+        assert alive(pid), "quitting the dashboard must not stop the engine"
+
+        # a new dashboard (in a new terminal) re-attaches: same engine, the history from the files
+        term.start(command, session="again")
+        text = term.wait_for("the re-attached dashboard with the history",
+                             lambda t: "‖ paused" in t and table_rows(t, "keep") and table_rows(t, "crash"), 30)
+        assert "last: 0002 crash" in text and "(aborted by user)" in text
+        assert engine_pid(root) == pid and alive(pid)
+        term.keys("q")
+        term.wait_for("the dashboard exits", lambda t: "TUI-EXITED 0" in t, 20)
+    finally:
+        term.kill()
+        pid = pid or engine_pid(root)
+        if alive(pid):
+            subprocess.run([sys.executable, "-m", "core.cli", "-C", str(root), "stop"], capture_output=True,
+                           timeout=30)
+            deadline = time.monotonic() + 20
+            while alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if alive(pid):
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+    assert not alive(pid), "`autoresearch stop` ends a paused engine"
