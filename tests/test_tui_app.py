@@ -380,6 +380,26 @@ async def test_live_log_follows_cr_progress_and_a_new_run(tmp_path):
         assert pane.live_text == ""
 
 
+async def test_live_log_stays_at_the_end_when_lines_overflow_the_pane(tmp_path):
+    # regression: the first batch taller than the pane came before its scrollbar existed, the scroll to the
+    # end was dropped, and the view stayed at the top (showing lines 2000 behind) for the rest of the run
+    root = make_workspace(tmp_path / "ws", run_log=b"")
+    app = make_app(root, live=True)
+    async with app.run_test(size=WIDE) as pilot:
+        pane = app.screen.query_one("#train-log")
+        with open(root / "run.log", "ab") as f:
+            f.write(b"first\n")
+            f.flush()
+            await wait_for(pilot, lambda: list(pane.view.lines) == ["first"])
+            for batch in range(3):
+                f.write(b"".join(b"line %05d\n" % i for i in range(batch * 3000, (batch + 1) * 3000)))
+                f.flush()
+                await wait_for(pilot, lambda: pane.view.lines[-1] == "line %05d" % ((batch + 1) * 3000 - 1))
+                await pilot.pause()
+                assert pane.view.scroll_offset.y == pane.view.max_scroll_y > 0
+                assert "line %05d" % ((batch + 1) * 3000 - 1) in screen_text(app)
+
+
 async def test_live_state_follows_new_results_and_engine_state(tmp_path):
     root = make_workspace(tmp_path / "ws")
     app = make_app(root, live=True)

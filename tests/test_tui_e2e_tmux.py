@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
+import shlex
 import signal
 import subprocess
 import sys
@@ -14,53 +14,12 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("tmux") is None,
+from tests.tui_fixtures import TmuxTerminal, tui_command
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not TmuxTerminal.available(),
                                                    reason="tmux is not installed (apt-get install tmux)")]
 
-COLS, ROWS = 120, 40
-
-
-class Tmux:
-    """One private tmux server (own socket, no user config) holding the dashboard in one pane."""
-
-    def __init__(self, name: str):
-        self.base = ["tmux", "-L", name, "-f", "/dev/null"]
-        self.session = "tui"
-        # Textual believes COLUMNS/LINES over the terminal, and the test runner exports 80x24 (seen under
-        # pytest); TMUX would point at an outer server
-        self.env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "TMUX", "TMUX_PANE")}
-        self.env["TERM"] = "xterm-256color"
-
-    def tmux(self, *args: str) -> str:
-        return subprocess.run([*self.base, *args], check=True, capture_output=True, text=True, timeout=20,
-                              env=self.env).stdout
-
-    def start(self, command: str, session: str = "tui") -> None:
-        self.session = session
-        self.tmux("new-session", "-d", "-s", session, "-x", str(COLS), "-y", str(ROWS), command)
-
-    def keys(self, *keys: str) -> None:
-        self.tmux("send-keys", "-t", self.session, *keys)
-
-    def screen(self) -> str:
-        return self.tmux("capture-pane", "-p", "-t", self.session)
-
-    def wait_for(self, what: str, cond, timeout: float) -> str:
-        """Poll the screen until cond(text) holds; the failure shows the last screen."""
-        deadline = time.monotonic() + timeout
-        text = ""
-        while time.monotonic() < deadline:
-            try:
-                text = self.screen()
-            except subprocess.CalledProcessError:
-                text = ""
-            if cond(text):
-                return text
-            time.sleep(0.2)
-        raise AssertionError(f"not seen within {timeout:.0f} s: {what}\n--- screen ---\n{text}")
-
-    def kill(self) -> None:
-        subprocess.run([*self.base, "kill-server"], capture_output=True, timeout=20)
+SIZE = (120, 40)  # the grid layout: every pane visible
 
 
 def git(root: Path, *args: str) -> str:
@@ -109,14 +68,13 @@ def test_real_dashboard_in_tmux_controls_a_real_engine_and_reattaches(tmp_path):
     (root / ".autoresearch").mkdir(exist_ok=True)
     (root / ".autoresearch" / "config.json").write_text(json.dumps({"agent": "mutate", "tag": "e2e"}))
 
-    tui = Path(sys.executable).with_name("autoresearch-tui")
-    argv = str(tui) if tui.exists() else f"{sys.executable} -m tui.app"
+    argv = shlex.join(tui_command())
     # after the dashboard exits the pane stays, showing its exit code (and so the test sees q worked)
-    command = f"cd {root} && {argv} {root}; echo TUI-EXITED $?; sleep 600"
-    term = Tmux(f"autoresearch-e2e-{os.getpid()}")
+    command = f"cd {shlex.quote(str(root))} && {argv} {shlex.quote(str(root))}; echo TUI-EXITED $?; sleep 600"
+    term = TmuxTerminal()
     pid = None
     try:
-        term.start(command)
+        term.start(command, size=SIZE)
         term.wait_for("the dashboard offering to start an engine", lambda t: "s starts one" in t, 30)
         term.keys("s")
         # the baseline finishes: a keep row in the results table; the next experiment (mutate) is underway
@@ -144,7 +102,7 @@ def test_real_dashboard_in_tmux_controls_a_real_engine_and_reattaches(tmp_path):
         assert alive(pid), "quitting the dashboard must not stop the engine"
 
         # a new dashboard (in a new terminal) re-attaches: same engine, the history from the files
-        term.start(command, session="again")
+        term.start(command, session="again", size=SIZE)
         text = term.wait_for("the re-attached dashboard with the history",
                              lambda t: "‖ paused" in t and table_rows(t, "keep") and table_rows(t, "crash"), 30)
         assert "last: 0002 crash" in text and "(aborted by user)" in text

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import tempfile
+import time
 from pathlib import Path
 
 T0 = 1_764_000_000.0  # a fixed "now" so countdowns and snapshots are deterministic
@@ -183,3 +186,67 @@ def make_app(root, **kw):
     kw.setdefault("display_root", "~/ws")
     kw.setdefault("gpu_monitor", StaticGpu())
     return DashboardApp(root, **kw)
+
+
+class TmuxTerminal:
+    """A real terminal for the real dashboard: one private tmux server (own socket, no user config).
+
+    Used by the end-to-end test and bench/tui_bench.py: start a command in a session of a fixed size,
+    send keys, read the screen as text.
+    """
+
+    def __init__(self):
+        # a socket in a private folder, removed by kill() (a unix socket path must stay short: not tmp_path)
+        self.dir = tempfile.mkdtemp(prefix="ar-tmux-")
+        self.base = ["tmux", "-S", os.path.join(self.dir, "sock"), "-f", "/dev/null"]
+        self.session = "tui"
+        # Textual believes COLUMNS/LINES over the terminal's size, and pytest exports 80x24; TMUX would
+        # point at an outer server
+        self.env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "TMUX", "TMUX_PANE")}
+        self.env["TERM"] = "xterm-256color"
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("tmux") is not None
+
+    def tmux(self, *args: str) -> str:
+        return subprocess.run([*self.base, *args], check=True, capture_output=True, text=True, timeout=20,
+                              env=self.env).stdout
+
+    def start(self, command: str, session: str = "tui", size: tuple[int, int] = (120, 40)) -> None:
+        self.session = session
+        self.tmux("new-session", "-d", "-s", session, "-x", str(size[0]), "-y", str(size[1]), command)
+
+    def pane_pid(self) -> int:
+        return int(self.tmux("display", "-p", "-t", self.session, "#{pane_pid}").strip())
+
+    def keys(self, *keys: str) -> None:
+        self.tmux("send-keys", "-t", self.session, *keys)
+
+    def screen(self) -> str:
+        return self.tmux("capture-pane", "-p", "-t", self.session)
+
+    def wait_for(self, what: str, cond, timeout: float, interval: float = 0.2) -> str:
+        """Poll the screen until cond(text) holds; the failure shows the last screen."""
+        deadline = time.monotonic() + timeout
+        text = ""
+        while time.monotonic() < deadline:
+            try:
+                text = self.screen()
+            except subprocess.CalledProcessError:
+                text = ""
+            if cond(text):
+                return text
+            time.sleep(interval)
+        raise AssertionError(f"not seen within {timeout:.0f} s: {what}\n--- screen ---\n{text}")
+
+    def kill(self) -> None:
+        subprocess.run([*self.base, "kill-server"], capture_output=True, timeout=20, env=self.env)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def tui_command() -> list[str]:
+    """argv of the installed dashboard (the console script next to this Python), else `python -m tui.app`."""
+    import sys
+    script = Path(sys.executable).with_name("autoresearch-tui")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "tui.app"]

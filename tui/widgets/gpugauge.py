@@ -77,6 +77,7 @@ class GpuGauge(Widget):
         self.util_history: dict[int, deque] = {}
         self.rss_history: deque = deque(maxlen=HISTORY)
         self._ram_mb = machine_memory_mb()
+        self._height = 0
 
     def update_sample(self, sample, trainer_rss_mb=None, engine_rss_mb=None) -> None:
         self.sample = sample
@@ -87,7 +88,10 @@ class GpuGauge(Widget):
                 self.util_history.setdefault(g.index, deque(maxlen=HISTORY)).append(g.utilization_percent)
         elif self._ram_mb:
             self.rss_history.append(None if trainer_rss_mb is None else 100 * trainer_rss_mb / self._ram_mb)
-        self.refresh(layout=True)
+        # a layout pass only when the height changes (GPUs appear or vanish), not once a second
+        height = self.get_content_height(None, None, 0)
+        self.refresh(layout=height != self._height)
+        self._height = height
 
     def _style(self, name: str):
         return self.get_component_rich_style(f"gpu-gauge--{name}", partial=True)

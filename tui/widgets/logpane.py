@@ -126,11 +126,13 @@ class LogView(ScrollView, can_focus=True):
         dropped = before + len(new_lines) - len(self.lines)
         self._width = max(self._width, max(len(line) for line in new_lines[-self.lines.maxlen:]))
         self.virtual_size = Size(self._width, len(self.lines))
+        # force: the vertical scrollbar (which "allows" scrolling) only appears after the next layout, and an
+        # unforced scroll before it is dropped, which left the view stuck at the top for good
         if follow:
-            self.scroll_end(animate=False, immediate=True, x_axis=False)
+            self.scroll_end(animate=False, immediate=True, x_axis=False, force=True)
         elif dropped:
             # keep the text the user scrolled to in place while old lines fall off the top
-            self.scroll_to(y=max(0, self.scroll_offset.y - dropped), animate=False, immediate=True)
+            self.scroll_to(y=max(0, self.scroll_offset.y - dropped), animate=False, immediate=True, force=True)
         self.refresh()
 
     def render_line(self, y: int) -> Strip:
@@ -291,4 +293,5 @@ class LogPane(Vertical):
             view.append(lines)
         if live is not None and live != self.live_text:
             self.live_text = live
-            self.query_one(".live-line", Static).update(Text(live, no_wrap=True, overflow="ellipsis"))
+            # one row whatever the text: no layout pass (at one status update a second that is most of idle CPU)
+            self.query_one(".live-line", Static).update(Text(live, no_wrap=True, overflow="ellipsis"), layout=False)

@@ -77,6 +77,7 @@ class ResultsTable(ScrollView, can_focus=True):
         self.search = ""
         self.view: list = []
         self._haystack: list[str] = []
+        self._id_width = 5  # "0001 " ids; upstream rows are "#123": as wide as the longest label
 
     # --- data ---
     def set_rows(self, rows, best: float | None = None, best_commit: str | None = None) -> None:
@@ -84,6 +85,7 @@ class ResultsTable(ScrollView, can_focus=True):
             return
         if rows is not self.rows:
             self._haystack = [f"{r.exp_id or ''} {r.commit} {r.description}".lower() for r in rows]
+            self._id_width = min(12, max([5, *(len(r.label) for r in rows)]))
         self.rows, self.best, self.best_commit = rows, best, best_commit
         self._refilter()
 
@@ -160,7 +162,7 @@ class ResultsTable(ScrollView, can_focus=True):
         base = self.rich_style
         styles = self._styles()
         if y == 0:
-            cells = [title.ljust(w) if w else title for title, w in COLUMNS]
+            cells = [title.ljust(self._id_width if title == "id" else w) if w else title for title, w in COLUMNS]
             return Strip([Segment(" ".join(cells), base + styles["header"])]).crop_extend(0, width, base)
         idx = round(self.scroll_offset.y) + y - 1
         if idx >= len(self.view):
@@ -182,7 +184,7 @@ class ResultsTable(ScrollView, can_focus=True):
         else:
             delta = f"{r.val_bpb - self.best:+.6f}"
         mem = f"{r.memory_gb:.1f}" if r.memory_gb is not None else "—"
-        cells = [r.label[:5].ljust(5), r.commit[:7].ljust(7), val.rjust(8), delta.rjust(9), mem.rjust(6),
+        cells = [r.label[:12].ljust(self._id_width), r.commit[:7].ljust(7), val.rjust(8), delta.rjust(9), mem.rjust(6),
                  r.status.ljust(7), sanitize_line(r.description, 500)]
         return Strip([Segment(" ".join(cells), row_style)]).crop_extend(0, width, row_style if idx == self.cursor
                                                                          else base)
