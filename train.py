@@ -444,7 +444,9 @@ if __name__ == "__main__":
         f"TOTAL_BATCH_SIZE ({TOTAL_BATCH_SIZE}) must be a multiple of DEVICE_BATCH_SIZE x MAX_SEQ_LEN ({tokens_per_pass})")
     grad_accum = TOTAL_BATCH_SIZE // tokens_per_pass
 
-    with torch.device("meta"):
+    # On CUDA the model is laid out on the meta device (no throw-away CPU init); on CPU, meta's init path
+    # would import torch._dynamo (seconds of startup), and a small model builds in no time anyway.
+    with torch.device("meta" if USE_CUDA else device):
         model = GPT(vocab_size, DEPTH, d_model, HEAD_DIM, MAX_SEQ_LEN, WINDOW_PATTERN)
     model.to_empty(device=device)
     cos, sin = rotary_tables(10 * MAX_SEQ_LEN, HEAD_DIM)  # buffers are not initialised by to_empty
