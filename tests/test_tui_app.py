@@ -45,7 +45,7 @@ async def test_every_pane_renders_its_data(tmp_path):
         text = screen_text(app)
         # header: state, phase, experiment, countdown (training_started_at + budget - now), best and gain
         assert "● running · training" in text
-        assert "exp 0008 ⏱ 4:00 left" in text
+        assert "exp 0008 · 4:00 left" in text
         assert "best 0.987500 (−0.012500, −1.25% vs baseline)" in text
         assert "~/ws · tag nov26 · branch autoresearch/nov26 · 7 runs: 4 kept, 2 discarded, 1 crashed" in text
         # live log: finished lines scroll, the \r progress is one live line
@@ -300,7 +300,7 @@ async def test_small_terminal_uses_tabs_and_stays_usable(tmp_path):
         text = screen_text(app)
         lines = text.split("\n")
         assert len(lines) == 24
-        assert lines[0].startswith(" ● running · training  │  exp 0008 ⏱ 4:00 left")
+        assert lines[0].startswith(" ● running · training  │  exp 0008 · 4:00 left")
         assert "Log  Results  Chart  Ratchet  GPU" in text
         assert "compiling..." in text and "step 00003 | loss 8.2" in text
         assert "q quit" in lines[-1] and "p pause" in lines[-1]
@@ -309,7 +309,7 @@ async def test_small_terminal_uses_tabs_and_stays_usable(tmp_path):
         text = screen_text(app)
         lines = text.split("\n")
         assert lines[1].startswith(" try [bold]GELU[/bold]") and lines[2].startswith(" ~/ws · tag nov26")
-        assert "⏎ open" in lines[-1] and "q quit" in lines[-1]
+        assert "⏎ open" in lines[-1] and "1234 filter" in lines[-1] and "q quit" in lines[-1]
         assert "0007  0000007 0.987500      best   43.9 keep    embedding lr 0.8" in text
         assert "0001  0000001 1.000000" in text  # all 7 rows fit
         assert app.screen.query_one(ResultsTable).has_focus
@@ -328,6 +328,19 @@ async def test_small_terminal_uses_tabs_and_stays_usable(tmp_path):
         await pilot.press("right_square_bracket")
         await pilot.pause()
         assert "compiling..." in screen_text(app)
+
+
+@pytest.mark.parametrize("engine", ["running", "paused", "dead"])
+async def test_every_key_fits_the_80_column_footer(tmp_path, engine):
+    root = make_workspace(tmp_path / "ws", engine=engine)
+    app = make_app(root)
+    async with app.run_test(size=SMALL) as pilot:
+        await pilot.press("right_square_bracket")  # the results tab: "⏎ open" joins the footer
+        await pilot.pause()
+        footer = screen_text(app).split("\n")[-1]
+        want = {"running": "p pause", "paused": "r resume", "dead": "s start"}[engine]
+        for item in ("⏎ open", want, "a abort", "i idea", "e edit", "/ search", "1234 filter", "? help", "q quit"):
+            assert item in footer, (item, footer)
 
 
 async def test_agent_activity_toggle(tmp_path):
@@ -378,6 +391,21 @@ async def test_live_log_follows_cr_progress_and_a_new_run(tmp_path):
         (root / "run.log").write_bytes(b"next run\n")
         await wait_for(pilot, lambda: list(pane.view.lines) == ["next run"])
         assert pane.live_text == ""
+
+
+async def test_header_counts_down_with_the_trainers_own_remaining_time(tmp_path):
+    root = make_workspace(tmp_path / "ws", run_log=b"")
+    app = make_app(root, live=True)
+    async with app.run_test(size=WIDE) as pilot:
+        await wait_for(pilot, lambda: "exp 0008 · 4:00 left" in screen_text(app))  # estimate: nothing reported
+        with open(root / "run.log", "ab") as f:
+            f.write(b"device: cpu\n\rstep 00000 | loss 9.0 | remaining: 300s\rstep 00001 | loss 8.0 | remaining: 42s ")
+            f.flush()
+            await wait_for(pilot, lambda: "exp 0008 · 0:42 left" in screen_text(app))
+            f.write(b"\n---\nval_bpb: 0.99\n")  # the progress line ended: the evaluation runs
+            f.flush()
+            await wait_for(pilot, lambda: "exp 0008 · evaluating" in screen_text(app))
+        assert "over budget" not in screen_text(app)
 
 
 async def test_live_log_stays_at_the_end_when_lines_overflow_the_pane(tmp_path):

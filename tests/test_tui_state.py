@@ -57,6 +57,17 @@ def test_garbage_engine_json_never_crashes(tmp_path):
     assert snap.engine is None and len(snap.rows) == 7
 
 
+def test_hostile_experiment_ids_are_dropped(tmp_path):
+    # ids name folders (experiments/<id>/) and appear on screen: no "../", no escapes, no markup
+    for bad in ("../../etc", "00\x1b[2J01", "[bold]7[/bold]", "", "a" * 41, "..", "0001/x"):
+        assert parse_engine({"status": "running", "experiment": {"id": bad}}, T0).experiment is None
+        assert read_experiment(tmp_path, bad).meta == {}
+    assert parse_engine({"status": "running", "experiment": {"id": "0012"}}, T0).experiment.id == "0012"
+    rows = build_rows([Row("abc1234", 1.0, 1.0, "keep", "a"), Row("def5678", 0.9, 1.0, "keep", "b")],
+                      [("../x", "abc1234", "keep"), ("0002", "def5678", "keep")])
+    assert [r.exp_id for r in rows] == [None, "0002"]
+
+
 def test_rows_are_matched_to_ids_in_order_with_repeated_commits():
     rows = [Row("aaaaaaa", 1.0, 1.0, "keep", "base"), Row("aaaaaaa", 0.0, 0.0, "crash", "rejected"),
             Row("aaaaaaa", 0.0, 0.0, "crash", "rejected again"), Row("bbbbbbb", 0.9, 1.0, "keep", "x"),

@@ -6,7 +6,7 @@ from tests.tui_fixtures import make_workspace
 from tui.state import StateReader
 from tui.widgets.chart import render_chart
 from tui.widgets.gpugauge import bar, sparkline
-from tui.widgets.header import countdown, fmt_duration
+from tui.widgets.header import countdown, fmt_duration, trainer_remaining
 from tui.widgets.logpane import FileTail
 from tui.widgets.ratchet import format_delta, ratchet_steps
 
@@ -63,6 +63,12 @@ def test_countdown():
     assert countdown(cur, "training", 470.0) == "finishing +0:10"
     assert "over" not in countdown(cur, "training", 4000.0) and "-" not in countdown(cur, "training", 4000.0)
     assert countdown(cur, "proposing", 145.0) == "proposing 0:45"
+    # the trainer's own count wins over the estimate (it excludes the compiling steps)
+    assert countdown(cur, "training", 470.0, reported=42.0, progressing=True) == "0:42 left"
+    assert countdown(cur, "training", 470.0, reported=0.0, progressing=True) == "evaluating"
+    assert countdown(cur, "training", 470.0, reported=12.0, progressing=False) == "evaluating"
+    assert trainer_remaining("step 00002 (67.7%) | loss: 7.36 | dt: 72ms | epoch: 1 | remaining: 13s    ") == 13
+    assert trainer_remaining("step 00002 | loss 3.0") is None
     assert fmt_duration(3725) == "1:02:05"
 
 

@@ -40,6 +40,18 @@ class LogAppended(Message):
         return isinstance(message, LogAppended) and message.pane is self.pane
 
 
+class LiveLineChanged(Message):
+    """A log pane's live (`\r` progress) line changed; the header reads the trainer's own countdown from it."""
+
+    def __init__(self, pane, text: str) -> None:
+        super().__init__()
+        self.pane = pane
+        self.text = text
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, LiveLineChanged) and message.pane is self.pane
+
+
 class ExperimentChosen(Message):
     """The user picked a row of the results table (enter or double click)."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 from collections import deque
@@ -148,6 +149,18 @@ def _s(v) -> str | None:
     return str(v) if v is not None else None
 
 
+# The engine writes ids like "0007". Anything else (a hand-edited or hostile engine.json/events.jsonl) is
+# dropped: ids become folder names (experiments/<id>/) and go on screen, so no "../", escapes or markup.
+SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,39}")
+
+
+def clean_id(v) -> str | None:
+    if v is None or isinstance(v, bool):
+        return None
+    s = str(v)
+    return s if SAFE_ID.fullmatch(s) and ".." not in s else None
+
+
 def pid_alive(pid: int | None) -> bool:
     if not pid or pid <= 0:
         return False
@@ -173,9 +186,9 @@ def parse_engine(data, now: float, hostname: str | None = None) -> EngineState |
         return None
     exp = data.get("experiment")
     current = None
-    if isinstance(exp, dict) and exp.get("id") is not None:
+    if isinstance(exp, dict) and clean_id(exp.get("id")) is not None:
         current = CurrentExperiment(
-            id=str(exp.get("id")), commit=_s(exp.get("commit")), description=str(exp.get("description") or ""),
+            id=clean_id(exp.get("id")), commit=_s(exp.get("commit")), description=str(exp.get("description") or ""),
             started_at=_f(exp.get("started_at")), training_started_at=_f(exp.get("training_started_at")),
             time_budget=_f(exp.get("time_budget")))
     best = data.get("best") if isinstance(data.get("best"), dict) else {}
@@ -224,7 +237,7 @@ def build_rows(rows: list[ledger_mod.Row], finished: list[tuple[str, str, str]])
     """
     queues: dict[tuple[str, str], deque] = {}
     for exp_id, commit, status in finished:
-        queues.setdefault((commit[:7], status), deque()).append(exp_id)
+        queues.setdefault((commit[:7], status), deque()).append(clean_id(exp_id))
     out = []
     best = None
     for i, r in enumerate(rows, start=1):
@@ -351,8 +364,8 @@ class StateReader:
             if not isinstance(ev, dict):
                 continue
             last = ev
-            if ev.get("type") == "experiment_finished" and ev.get("id") is not None:
-                finished.append((str(ev.get("id")), str(ev.get("commit") or ""), str(ev.get("status") or "")))
+            if ev.get("type") == "experiment_finished":
+                finished.append((clean_id(ev.get("id")), str(ev.get("commit") or ""), str(ev.get("status") or "")))
         self._finished = finished
         self._last_event = last
 
@@ -373,7 +386,7 @@ class ExperimentFiles:
 
 
 def read_experiment(root: Path, exp_id: str | None) -> ExperimentFiles:
-    if not exp_id:
+    if not exp_id or clean_id(exp_id) != exp_id:
         return ExperimentFiles({}, {}, None, None, None)
     d = Workspace(root).experiment_dir(exp_id)
     meta = read_json(d / "meta.json", {})

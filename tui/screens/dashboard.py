@@ -9,7 +9,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, Tab, Tabs
 
 from ..logstream import format_agent_line
-from ..messages import ExperimentChosen
+from ..messages import ExperimentChosen, LiveLineChanged
 from ..widgets.chart import BpbChart
 from ..widgets.gpugauge import GpuGauge
 from ..widgets.header import DashboardHeader
@@ -26,6 +26,7 @@ PANES = {
     "gpu-pane": ("GPU", "GPU"),
 }
 CONTROL_ACTIONS = {"pause", "resume", "abort", "start", "idea", "edit"}
+FILTER_GROUP = Binding.Group("filter", compact=True)
 
 
 class DashboardScreen(Screen):
@@ -45,10 +46,11 @@ class DashboardScreen(Screen):
         Binding("t", "toggle_log", "agent"),
         Binding("slash", "search", "search"),
         Binding("escape", "clear_search", "clear search", show=False),
-        Binding("1", "filter('all')", "all", show=False),
-        Binding("2", "filter('kept')", "kept", show=False),
-        Binding("3", "filter('discarded')", "discarded", show=False),
-        Binding("4", "filter('crashed')", "crashed", show=False),
+        # shown as one footer item, "1234 filter"; the results title names the active filter
+        Binding("1", "filter('all')", "all", group=FILTER_GROUP),
+        Binding("2", "filter('kept')", "kept", group=FILTER_GROUP),
+        Binding("3", "filter('discarded')", "discarded", group=FILTER_GROUP),
+        Binding("4", "filter('crashed')", "crashed", group=FILTER_GROUP),
         Binding("left_square_bracket", "pane(-1)", "prev pane", show=False),
         Binding("right_square_bracket", "pane(1)", "next pane", show=False),
         Binding("enter", "open_selected", "open", show=False),
@@ -92,6 +94,10 @@ class DashboardScreen(Screen):
             self.query_one(f"#{pid}").border_title = Text(title)
         self._update_results_title()
 
+    def on_resize(self) -> None:
+        # small terminals: the compact footer (less padding) keeps every key on one 80-column line
+        self.query_one(Footer).compact = self.is_tabbed
+
     def on_screen_resume(self) -> None:
         if self.app.focused is not None and self.app.focused.screen is self:
             return
@@ -127,6 +133,10 @@ class DashboardScreen(Screen):
         if key != self._bindings_key:
             self._bindings_key = key
             self.refresh_bindings()
+
+    def on_live_line_changed(self, message: LiveLineChanged) -> None:
+        if message.pane.id == "train-log":
+            self.query_one(DashboardHeader).set_trainer_line(message.text)
 
     def apply_gpu(self, message) -> None:
         self.query_one(GpuGauge).update_sample(message.sample, message.trainer_rss_mb, message.engine_rss_mb)

@@ -15,6 +15,7 @@ MODAL_CSS = """
                     background: $surface; padding: 0 1; }}
 {name} .buttons {{ height: auto; align-horizontal: right; margin-top: 1; }}
 {name} Button {{ margin-left: 1; }}
+{name} .keys-hint {{ color: $text-muted; margin-top: 1; }}
 """
 
 
@@ -31,6 +32,8 @@ class ConfirmScreen(ModalScreen[bool]):
     def compose(self):
         with Vertical():
             yield Static(Text(self.question))
+            # the footer below belongs to the dashboard: say here which keys answer
+            yield Static(Text(f"y: {self.yes} · n or escape: {self.no}", style="italic"), classes="keys-hint")
             with Horizontal(classes="buttons"):
                 yield Button(self.no, id="no")
                 yield Button(self.yes, id="yes", variant="error")
@@ -73,8 +76,8 @@ KEYS_HELP = [
     ("e", "edit program.md in $EDITOR (used from the next proposal)"),
     ("t", "switch the log pane between the training log and the agent's activity"),
     ("enter", "open the selected experiment: diff, metrics, training log, agent transcript"),
-    ("1 2 3 4", "show all / kept / discarded / crashed experiments"),
-    ("/", "search the results (escape clears)"),
+    ("1 2 3 4", "show all / kept / discarded / crashed experiments (the results title shows the filter)"),
+    ("/", "search id, commit and description in the results (enter keeps it, escape clears)"),
     ("[ ]", "previous / next pane (on small terminals panes are tabs)"),
     ("tab", "move the focus between panes; arrows, page up/down, home/end move inside"),
     ("?", "this help"),
@@ -82,9 +85,18 @@ KEYS_HELP = [
 ]
 
 
+HEADER_HELP = ("Header: engine state and phase · the current experiment and its time: 'm:ss left' counts the "
+               "training budget down (the trainer's own count once it reports one; its first, compiling steps "
+               "are not counted), then 'evaluating'; 'finishing' means the budget has passed by the clock and the "
+               "run is completing its last steps · the best val_bpb and its gain over the baseline.")
+
+
 class HelpScreen(ModalScreen[None]):
     DEFAULT_CSS = MODAL_CSS.format(name="HelpScreen") + """
-    HelpScreen > Vertical { width: 90; }
+    HelpScreen > Vertical { width: 92; }
+    HelpScreen VerticalScroll { height: auto; max-height: 70vh; }
+    HelpScreen .help-title { margin-bottom: 1; }
+    HelpScreen .help-note { margin-top: 1; color: $text-muted; }
     """
     BINDINGS = [Binding("escape,q,question_mark", "close", "close")]
 
@@ -95,11 +107,12 @@ class HelpScreen(ModalScreen[None]):
         for key, what in KEYS_HELP:
             table.add_row(Text(key), Text(what))
         with Vertical():
-            yield Static(Text("autoresearch-tui keys", style="bold"))
+            yield Static(Text("autoresearch-tui keys", style="bold"), classes="help-title")
             with VerticalScroll():
                 yield Static(table)
-            yield Static(Text("Keys that do not apply right now are dimmed in the footer. escape closes.",
-                              style="italic"))
+                yield Static(Text(HEADER_HELP), classes="help-note")
+            yield Static(Text("Keys that do not apply right now are dimmed or left out of the footer. escape closes.",
+                              style="italic"), classes="help-note")
 
     def action_close(self) -> None:
         self.dismiss(None)

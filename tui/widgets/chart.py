@@ -48,7 +48,12 @@ def render_chart(points: list[tuple[int, float, str]], width: int, height: int) 
             masks[layer][y // 4][x // 2] |= _BITS[y % 4][x % 2]
 
         for i, v, status in points:
-            put("keep" if status == "keep" else "discard", dot_x(i), dot_y(v))
+            # a 2x2 cluster of dots: a single braille dot is too small to find on most fonts
+            x, y = dot_x(i), dot_y(v)
+            x0, y0 = min(x, X - 2) if X > 1 else 0, min(y, Y - 2) if Y > 1 else 0
+            for dx in range(min(2, X)):
+                for dy in range(min(2, Y)):
+                    put("keep" if status == "keep" else "discard", x0 + dx, y0 + dy)
         # frontier: running best over kept experiments, a step line across the whole width
         best_at: dict[int, float] = {}
         best = None
@@ -150,6 +155,11 @@ class BpbChart(Widget):
             for ch, layer in row:
                 out.append(ch, style=st.get(layer) if layer else None)
         first, last = points[0][0], points[-1][0]
-        axis = f"#{first}".ljust(plot_w - len(f"#{last}")) + f"#{last}" if plot_w > 10 else ""
+        if plot_w <= 10:
+            axis = ""
+        elif first == last:
+            axis = f"#{first}"
+        else:
+            axis = f"#{first}".ljust(plot_w - len(f"#{last}")) + f"#{last}"
         out.append("\n" + " " * AXIS_W + axis, style=st["axis"])
         return out

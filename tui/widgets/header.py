@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -25,17 +26,33 @@ def short_path(path: Path) -> str:
     return "~" + p[len(home):] if home and home != "/" and (p == home or p.startswith(home + os.sep)) else p
 
 
-def countdown(cur, phase: str, now: float) -> str:
-    """'4:00 left' while training (from training_started_at + time_budget), else time spent in the experiment."""
+REMAINING = re.compile(r"remaining: ?(\d+(?:\.\d+)?) ?s\b")
+
+
+def trainer_remaining(line: str) -> float | None:
+    """The trainer's own 'remaining: 42s' from its progress line (ours and upstream's print it), else None."""
+    m = REMAINING.search(line)
+    return float(m.group(1)) if m else None
+
+
+def countdown(cur, phase: str, now: float, reported: float | None = None, progressing: bool = False) -> str:
+    """What the current experiment is doing, with a time.
+
+    While training: the trainer's own 'remaining' when it has reported one for this experiment (exact: it
+    excludes the first, compiling steps), 'evaluating' once its progress line has ended or reached 0;
+    before it reports, an estimate from training_started_at + time_budget, which reads 'finishing' (never
+    a negative time) once the budget has passed. Other phases: the phase and the time spent so far.
+    """
     if cur is None:
         return ""
-    if phase == "training" and cur.training_started_at and cur.time_budget:
-        left = cur.training_started_at + cur.time_budget - now
-        if left >= 0:
-            return f"{fmt_duration(left)} left"
-        # Normal, not an overrun: the trainer does not count its first (compilation) steps, and the
-        # evaluation comes after the budget. Say so, with the time since, instead of a negative countdown.
-        return f"finishing +{fmt_duration(-left)}"
+    if phase == "training":
+        if reported is not None:
+            return f"{fmt_duration(reported)} left" if progressing and reported > 0 else "evaluating"
+        if cur.training_started_at and cur.time_budget:
+            left = cur.training_started_at + cur.time_budget - now
+            if left >= 0:
+                return f"{fmt_duration(left)} left"
+            return f"finishing +{fmt_duration(-left)}"
     if cur.started_at:
         return f"{phase} {fmt_duration(now - cur.started_at)}"
     return phase
@@ -68,10 +85,36 @@ class DashboardHeader(Widget):
         self.notice: str = ""  # e.g. demo location or "preparing data"
         self.starting = False
         self.preparing = False  # --demo: the workspace and its data are being built
+        # the trainer's progress line (run.log's live line) and what it said for which experiment
+        self.trainer_line = ""
+        self._reported: tuple[str, float] | None = None  # (experiment id, seconds remaining)
 
     def set_snapshot(self, snapshot) -> None:
+        first = self.snapshot is None
         self.snapshot = snapshot
+        if first:  # the progress line read before the first snapshot (later ones may be a past run's line)
+            self._note_report()
         self._fit()
+
+    def set_trainer_line(self, line: str) -> None:
+        """run.log's live line changed (at most ~10 times a second)."""
+        self.trainer_line = line
+        self._note_report()
+        self.refresh()
+
+    def _note_report(self) -> None:
+        remaining = trainer_remaining(self.trainer_line)
+        s = self.snapshot
+        cur = s.current if s is not None else None
+        if remaining is not None and cur is not None and s.engine.phase == "training":
+            self._reported = (cur.id, remaining)
+
+    def reported_remaining(self, cur) -> tuple[float | None, bool]:
+        """(the trainer's last 'remaining' for this experiment or None, whether its progress line is still live)."""
+        if cur is None or self._reported is None or self._reported[0] != cur.id:
+            return None, False
+        live = trainer_remaining(self.trainer_line)
+        return (live if live is not None else self._reported[1]), live is not None
 
     def set_notice(self, notice: str) -> None:
         self.notice = notice
@@ -125,9 +168,10 @@ class DashboardHeader(Widget):
         if cur is not None:
             out.append("  │  ", style=self._st("dim"))
             out.append(f"exp {sanitize_line(cur.id, 12)}", style=self._st("exp"))
-            cd = countdown(cur, e.phase if e else "", now)
+            reported, progressing = self.reported_remaining(cur)
+            cd = countdown(cur, e.phase if e else "", now, reported, progressing)
             if cd:
-                out.append(f" ⏱ {cd}")
+                out.append(f" · {cd}")
         if s.best is not None:
             out.append("  │  ", style=self._st("dim"))
             out.append(f"best {s.best:.6f}", style=self._st("best"))

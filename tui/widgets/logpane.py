@@ -18,7 +18,7 @@ from textual.strip import Strip
 from textual.widgets import Static
 
 from ..logstream import LogStream
-from ..messages import LogAppended
+from ..messages import LiveLineChanged, LogAppended
 
 ACTIVE_POLL_S = 0.1  # while bytes flow: ~10 UI updates a second, whatever the trainer's line rate
 IDLE_POLL_S = 0.5  # nothing new: one stat() every half second keeps idle CPU near zero
@@ -295,3 +295,4 @@ class LogPane(Vertical):
             self.live_text = live
             # one row whatever the text: no layout pass (at one status update a second that is most of idle CPU)
             self.query_one(".live-line", Static).update(Text(live, no_wrap=True, overflow="ellipsis"), layout=False)
+            self.post_message(LiveLineChanged(self, live))

@@ -109,6 +109,7 @@ class RatchetHistory(Widget):
             out.append(f"{r.val_bpb:.6f}" if r.val_bpb is not None else "   —    ")
             gain = r.gain
             out.append(f" {format_delta(gain):>10}" if gain is not None else "  baseline ", style=st["gain"])
-            out.append(" " + sanitize_line(r.description, 300))
+            if gain is not None or r.description.strip() != "baseline":  # not "baseline baseline"
+                out.append(" " + sanitize_line(r.description, 300))
             lines += 1
         return out
