@@ -537,8 +537,8 @@ if __name__ == "__main__":
     total_tokens = step * TOTAL_BATCH_SIZE
     total_seconds = time.time() - T_START
     metrics = finish_metrics(training_seconds=round(training_time, 1), total_seconds=round(total_seconds, 1),
-                   mfu_percent=round(mfu_percent, 2), total_tokens_M=round(total_tokens / 1e6, 1),
-                   num_steps=step, num_params_M=round(num_params / 1e6, 1), depth=DEPTH)
+                             mfu_percent=round(mfu_percent, 2), total_tokens_M=round(total_tokens / 1e6, 1),
+                             num_steps=step, num_params_M=round(num_params / 1e6, 1), depth=DEPTH)
     peak_vram_mb = metrics["peak_vram_mb"]  # measured by prepare.py (CUDA allocator peak; peak RSS on CPU)
     print("---")
     print(f"val_bpb:          {val_bpb:.6f}")
