@@ -812,8 +812,11 @@ class _PackedLoader:
         # tokenized several times over before the first batch.
         rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
         self.buffer_size = max(1, min(DOC_BUFFER if buffer_size is None else buffer_size, rows))
-        self._docs: queue.Queue = queue.Queue(maxsize=16)
-        self._batches: queue.Queue = queue.Queue(maxsize=prefetch)
+        # On a GPU the CPU is idle, so tokenize well ahead; on a CPU run the tokenizer threads compete
+        # with the training step for the same cores, so keep only a little lookahead.
+        ahead = 16 if self.device.type == "cuda" else 2
+        self._docs: queue.Queue = queue.Queue(maxsize=ahead)
+        self._batches: queue.Queue = queue.Queue(maxsize=prefetch if self.device.type == "cuda" else min(prefetch, 2))
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._threads = [threading.Thread(target=self._run, args=(self._tokenize, self._docs),
