@@ -367,7 +367,12 @@ class Engine:
                 "started_at": now, "training_started_at": None,
                 "time_budget": read_time_budget(self.ws.root)})
             self.events.emit("experiment_started", exp_id, parent=parent, baseline=baseline)
-            if not baseline:
+            if baseline:
+                # the baseline's folder is as complete as any other: an empty diff and a one-line agent log
+                (exp.dir / "diff.patch").write_text("", encoding="utf-8")
+                (exp.dir / "agent.log").write_text(
+                    f"baseline: the unmodified train.py of {parent[:7]} is trained; no agent runs.\n", encoding="utf-8")
+            else:
                 outcome = self._propose(exp)
                 if outcome is not None:
                     return outcome if outcome != "done" else None

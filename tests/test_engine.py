@@ -93,6 +93,14 @@ def test_loop_keeps_discards_and_ends_at_best(tmp_path):
     assert any(e["type"] == "experiment_finished" and e["id"] == "0008" and e["status"] == "skipped"
                for e in read_events(ws))
 
+    # every trained experiment's folder is complete, the baseline's included
+    for exp_id in ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0009"):
+        d = ws.experiment_dir(exp_id)
+        missing = [f for f in ("meta.json", "diff.patch", "train.log", "agent.log") if not (d / f).exists()]
+        assert not missing, (exp_id, missing)
+    assert (ws.experiment_dir("0002") / "metrics.json").exists()
+    assert "baseline" in (ws.experiment_dir("0001") / "agent.log").read_text()
+
     # per-experiment records
     m = meta(ws, "0006")
     assert m["simplification"] and m["lines_removed"] == 3 and m["lines_added"] == 1
