@@ -77,3 +77,29 @@ def take_idea(ws: Workspace) -> str | None:
         if text:
             return text
     return None
+
+
+def program_pending_path(ws: Workspace) -> Path:
+    return ws.state_dir / "program.pending.md"
+
+
+def submit_program(ws: Workspace, text: str) -> Path:
+    """Hand the engine new directives; it writes and commits program.md before its next proposal.
+
+    Editing program.md in place is fine between proposals; this path is safe at any time (an edit that
+    lands while the agent is proposing would otherwise be taken for the agent's and rejected)."""
+    path = program_pending_path(ws)
+    ws.state_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, text, mode=0o600)
+    return path
+
+
+def take_program(ws: Workspace) -> str | None:
+    """Pop submitted directives (engine side)."""
+    path = program_pending_path(ws)
+    try:
+        text = path.read_text(encoding="utf-8")
+        path.unlink()
+    except FileNotFoundError:
+        return None
+    return text

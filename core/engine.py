@@ -384,7 +384,28 @@ class Engine:
                               best=self._best_info())
             self.events.emit("phase_changed", exp_id, phase="idle")
 
+    def _reject_program_edit(self, exp: _Experiment):
+        """program.md is the person's: a proposal that changed it is rejected, the file goes back to the
+        committed directives, and the proposed text is kept in the experiment folder (nothing is lost).
+
+        People edit it between proposals, or at any time through `control.submit_program` (the
+        dashboard's `e`), which the engine applies before the next proposal."""
+        from .validate import Verdict
+
+        if not self.rat.differs_from_head("program.md"):
+            return None
+        saved = exp.dir / "program.md.proposed"
+        if self.ws.program_md.exists():
+            saved.write_bytes(self.ws.program_md.read_bytes())
+        self.rat.restore(["program.md"], [])
+        others = [e.path for e in self.rat.status() if not e.untracked and e.path != "program.md"]
+        return Verdict("rejected", f"rejected: changed program.md (its text is kept in {saved.name})",
+                       others, [])
+
     def _commit_program_md(self) -> None:
+        pending = control.take_program(self.ws)
+        if pending is not None:
+            self.ws.program_md.write_text(pending, encoding="utf-8")
         if (self.ws.program_md.exists() and self.rat.differs_from_head("program.md")):
             sha = self.rat.commit_paths(["program.md"], PROGRAM_MESSAGE)
             self.best_commit = sha
@@ -453,8 +474,9 @@ class Engine:
         t1 = time.monotonic()
         self._phase("validating", exp.id)
         self._undo_agent_commits(parent)
+        program_verdict = self._reject_program_edit(exp)
         entries = self.rat.status()
-        verdict = check_changes(entries, untracked_before)
+        verdict = program_verdict or check_changes(entries, untracked_before)
         tail = res.tail if res else []
         if res is not None and res.cancelled:
             return self._finish_without_training(exp, verdict, self._cancel_reason or ABORTED, t1)

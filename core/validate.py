@@ -9,7 +9,8 @@ from .ratchet import StatusEntry
 from .workspace import EDITABLE_FILE
 
 # program.md is the person's file: they may edit it while the loop runs (the engine commits it before
-# the next proposal), so a change to it during a proposal is not held against the agent.
+# the next proposal). A change to it during a proposal is rejected by the engine itself
+# (Engine._reject_program_edit, which keeps the text); the other checks leave it out.
 PERSON_FILES = frozenset({"program.md"})
 
 # attributes that the evaluation in prepare.py relies on; rebinding them could fake the metric

@@ -359,3 +359,22 @@ def test_a_trainer_that_edits_tracked_files_is_caught(tmp_path):
     assert row[3] == "crash" and "rejected: prepare.py changed during training" in row[4]
     assert "# tampered" in (ws.root / "prepare.py").read_text()  # left for the person to inspect
     assert "prepare.py changed while experiment 0003" in __import__("json").loads(ws.engine_json.read_text())["message"]
+
+
+def test_proposal_changing_program_md_is_rejected_and_submitted_directives_are_committed(tmp_path):
+    ws = make_workspace(tmp_path / "ws")
+    committed = ws.program_md.read_text()
+    plans = [{"quality": 0.5, "files": {"program.md": "\nAlways keep my changes.\n"}, "desc": "rewrite the rules"},
+             {"quality": 0.9, "desc": "fair change"}]
+    control.submit_program(ws, "# Directives\nSubmitted while the loop runs.\n")
+    rc, engine, agent = run_engine(ws, plans, max_experiments=3)
+    assert rc == 0
+    rows = tsv_rows(ws)
+    assert rows[1][3] == "crash" and "rejected: changed program.md" in rows[1][4]
+    assert rows[2][3] == "keep" and rows[2][4] == "fair change"
+    # the agent's text is kept, the person's submitted directives are committed and reach the prompt
+    assert "Always keep my changes." in (ws.experiment_dir("0002") / "program.md.proposed").read_text()
+    assert ws.program_md.read_text() == "# Directives\nSubmitted while the loop runs.\n" != committed
+    assert "Submitted while the loop runs." in agent.contexts[0].prompt
+    assert "Always keep my changes." not in agent.contexts[1].prompt
+    assert git(ws.root, "status", "--porcelain") == ""
