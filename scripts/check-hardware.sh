@@ -6,16 +6,14 @@ set -euo pipefail
 
 NAME=check-hardware.sh
 usage() { echo "usage: bash scripts/check-hardware.sh"; echo "GPU/CUDA/torch/uv availability check (JSON output)."; }
-fail() { echo "$NAME: $*" >&2; exit 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/_lib.sh"
 
 args=(check)
 while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
-    *) fail "unknown option '$1'; run with --help for the valid options." ;;
+    *) unknown_option "$1" ;;
   esac
 done
 
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-command -v uv >/dev/null 2>&1 || fail "uv is not installed; install it with: curl -LsSf https://astral.sh/uv/install.sh | sh"
-exec uv run autoresearch "${args[@]}"
+run_cli "${args[@]}"

@@ -6,9 +6,7 @@ set -euo pipefail
 
 NAME=run-loop.sh
 usage() { echo "usage: bash scripts/run-loop.sh [--max N] [--desc TAG] [--agent A] [--agent-cmd CMD] [--model M] [--detach]"; echo "Autonomous loop: the agent edits train.py, the engine trains, keeps improvements, reverts the rest."; }
-fail() { echo "$NAME: $*" >&2; exit 1; }
-need_value() { [ "$2" -ge 2 ] || fail "$1 needs a value; run with --help for the valid options."; }
-need_int() { [[ "$2" =~ ^[0-9]+$ ]] || fail "$1 needs a whole number, not '$2'."; }
+source "$(dirname "${BASH_SOURCE[0]}")/_lib.sh"
 
 args=(loop)
 while [ $# -gt 0 ]; do
@@ -18,10 +16,8 @@ while [ $# -gt 0 ]; do
     --agent|--agent-cmd|--model) need_value "$1" $#; args+=("$1" "$2"); shift 2 ;;
     --detach) args+=(--detach); shift ;;
     -h|--help) usage; exit 0 ;;
-    *) fail "unknown option '$1'; run with --help for the valid options." ;;
+    *) unknown_option "$1" ;;
   esac
 done
 
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-command -v uv >/dev/null 2>&1 || fail "uv is not installed; install it with: curl -LsSf https://astral.sh/uv/install.sh | sh"
-exec uv run autoresearch "${args[@]}"
+run_cli "${args[@]}"
