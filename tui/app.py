@@ -34,6 +34,7 @@ from .state import WORKSPACE, StateReader, classify
 STATE_POLL_S = 0.5  # one stat() per state file; a full reload only when something changed
 LIVENESS_S = 2.0  # re-check the engine pid even when no file changed (kill -9 leaves engine.json behind)
 GPU_POLL_S = 1.0
+PID_SCAN_S = 5.0  # the engine's process tree is re-read from /proc this often (or when its child changes)
 
 
 def start_engine_detached(root: Path, extra: list[str] | None = None, wait_s: float = 90.0) -> tuple[bool, str]:
@@ -92,6 +93,11 @@ class DashboardApp(App):
         self._stop = threading.Event()
         self._reload = threading.Event()
         self.last_message = ""
+        self._pids: list[int] = []
+        self._pid_key = None
+        self._pid_scan_at = 0.0
+        self._gpu_wake = threading.Event()
+        self._gpu_at = 0.0
 
     # --- lifecycle ---
     def get_default_screen(self):
@@ -118,7 +124,7 @@ class DashboardApp(App):
         if self.live:
             self.run_worker(self._poll_state, thread=True, exclusive=True, exit_on_error=False, group="state-poll")
             self.run_worker(self._poll_gpu, thread=True, exclusive=True, exit_on_error=False, group="gpu-poll")
-            self.set_interval(1.0, self._tick)
+            self.set_interval(GPU_POLL_S, self._tick)
         else:
             self.reload_state()
             if self.gpu_monitor is not None:
@@ -127,11 +133,19 @@ class DashboardApp(App):
     def on_unmount(self) -> None:
         self._stop.set()
         self._reload.set()  # wakes the state poller so its thread ends now
+        self._gpu_wake.set()
 
     def _tick(self) -> None:
-        # one status update a second: the countdown in the header
+        """1 Hz: wake the GPU sampler; its result repaints the gauge and the header's clock in one frame
+        (two separate repaints a second were a third of an idle dashboard's CPU)."""
+        self._gpu_wake.set()
+        if time.monotonic() - self._gpu_at > 2 * GPU_POLL_S:  # the sampler is stuck (a hung driver call)
+            self._refresh_clock()
+
+    def _refresh_clock(self) -> None:
+        # the header's clock (countdown, time in phase) moves only while an experiment runs
         dash = self.dashboard
-        if dash is not None:
+        if dash is not None and self.snapshot is not None and self.snapshot.current is not None:
             dash.query_one("#header").refresh()
 
     # --- state ---
@@ -191,7 +205,14 @@ class DashboardApp(App):
         trainer = engine = None
         pids: list[int] = []
         if engine_pid:
-            pids = gpu.descendant_pids(engine_pid)
+            # a scan of every /proc/*/stat is most of an idle dashboard's CPU: reuse the tree for a few
+            # seconds unless the engine reports another child (a new trainer or agent)
+            key = (engine_pid, snap.engine.child_pid)
+            now = time.monotonic()
+            if key != self._pid_key or now - self._pid_scan_at >= PID_SCAN_S:
+                self._pids = gpu.descendant_pids(engine_pid)
+                self._pid_key, self._pid_scan_at = key, now
+            pids = [p for p in self._pids if os.path.exists(f"/proc/{p}")]
             engine = gpu.process_rss_mb(engine_pid)
             if pids:
                 trainer = sum(gpu.process_rss_mb(p) or 0.0 for p in pids)
@@ -205,10 +226,13 @@ class DashboardApp(App):
                 self.post_message(self._sample_gpu())
             except Exception as e:
                 self.log.warning(f"gpu poll: {e!r}")
-            self._stop.wait(GPU_POLL_S)
+            self._gpu_wake.wait(2 * GPU_POLL_S)  # the 1 Hz tick wakes it
+            self._gpu_wake.clear()
 
     def on_gpu_sampled(self, message: GpuSampled) -> None:
+        self._gpu_at = time.monotonic()
         self._apply_gpu(message)
+        self._refresh_clock()
 
     def _apply_gpu(self, message: GpuSampled) -> None:
         dash = self.dashboard

@@ -98,9 +98,11 @@ class DashboardHeader(Widget):
 
     def set_trainer_line(self, line: str) -> None:
         """run.log's live line changed (at most ~10 times a second)."""
+        before = (trainer_remaining(self.trainer_line), self._reported)
         self.trainer_line = line
         self._note_report()
-        self.refresh()
+        if (trainer_remaining(line), self._reported) != before:  # otherwise the 1 Hz tick repaints the clock
+            self.refresh()
 
     def _note_report(self) -> None:
         remaining = trainer_remaining(self.trainer_line)
