@@ -258,6 +258,25 @@ async def test_filters_and_search_narrow_the_table(tmp_path):
         assert len(ids()) == 7
 
 
+async def test_keys_typed_in_one_burst_after_slash_go_to_the_search(tmp_path):
+    # a paste or a laggy SSH link delivers "/pause" in one read: the focus moves to the search box only on
+    # the next cycle, and the keys must not run the table's and screen's bindings on the way (p = pause)
+    from textual import events
+    root = make_workspace(tmp_path / "ws")
+    app = make_app(root)
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        for ch in "/pause/a2":
+            key = events.Key("slash" if ch == "/" else ch, ch)
+            key.set_sender(app)
+            app.post_message(key)  # all queued before the first is handled
+        await wait_for(pilot, lambda: app.screen.query_one("#search").value == "pause/a2")
+        assert control_files(root) == [] and not isinstance(app.screen, ConfirmScreen)
+        assert app.screen.query_one(ResultsTable).status_filter is None  # "2" did not filter
+        await pilot.press("enter", "p")  # the search is kept; keys act again
+        assert control_files(root) == ["pause"]
+
+
 async def test_upstream_repo_is_read_only(tmp_path):
     root, shas = make_upstream_repo(tmp_path / "up")
     app = make_app(root)
@@ -517,3 +536,20 @@ async def test_demo_builds_the_workspace_shows_preparation_and_starts_the_engine
         assert (root / "train.py").is_file() and (root / ".autoresearch" / demo.MARKER).is_file()
         text = screen_text(app)
         assert f"demo workspace: {root}" in text and "● running · proposing" in text
+
+
+def test_demo_workspace_keeps_its_short_budget_through_setup(tmp_path):
+    """The real scaffold and the real `autoresearch setup` (without data preparation): the profile's 45 s
+    budget must not come back, or a new user waits minutes for the first results."""
+    import re
+    import subprocess
+
+    from tui import demo
+    root = tmp_path / "demo"
+    demo.create(root)
+    cmd = demo.setup_command(root) + ["--no-prepare"]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    consts = (root / "constants.py").read_text()
+    assert re.search(rf"^TIME_BUDGET = {demo.DEMO_TIME_BUDGET}\b", consts, re.M), consts
+    assert re.search(r'^PROFILE = "cpu"', consts, re.M)
+    assert git(root, "status", "--porcelain") == ""  # ready for `autoresearch loop`

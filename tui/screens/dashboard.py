@@ -67,6 +67,7 @@ class DashboardScreen(Screen):
         self.filter_name = "all"
         self.showing_agent = False
         self._bindings_key = None
+        self._search_typing = False  # between "/" and enter/escape: printable keys belong to the search box
         self._results_title_key = None
 
     def compose(self):
@@ -209,8 +210,25 @@ class DashboardScreen(Screen):
         box = self.query_one("#search", Input)
         box.remove_class("-hidden")
         box.focus()
+        self._search_typing = True
+
+    def on_key(self, event) -> None:
+        """Keys that arrive with the "/" in one read (a paste, a laggy SSH link) are already on their way
+        through the table when the focus moves to the search box; as bindings they would act ("/pause"
+        would pause the engine). Keys bubble here in order, before any binding runs: so "/" opens the search
+        here, and printable keys that still come from another widget are typed into the box."""
+        box = self.query_one("#search", Input)
+        if event.key == "slash" and not self._search_typing:
+            event.stop()
+            event.prevent_default()
+            self.action_search()
+        elif self._search_typing and event.is_printable and event.character and self.app.focused is not box:
+            event.stop()
+            event.prevent_default()
+            box.insert_text_at_cursor(event.character)
 
     def action_clear_search(self) -> None:
+        self._search_typing = False
         box = self.query_one("#search", Input)
         if box.has_class("-hidden") and not box.value:
             return
@@ -227,6 +245,7 @@ class DashboardScreen(Screen):
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id == "search":
+            self._search_typing = False
             if not event.value:
                 event.input.add_class("-hidden")
             self.query_one(ResultsTable).focus()
