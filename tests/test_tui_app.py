@@ -199,6 +199,32 @@ async def test_edit_key_runs_the_editor_on_program_md(tmp_path):
         assert app.last_message == "program.md saved; the agent uses it from the next proposal"
 
 
+async def test_edit_with_a_live_engine_hands_the_directives_to_the_engine(tmp_path):
+    """While an engine runs, the edit goes through core.control.submit_program: an edit that landed in
+    program.md during a proposal would be taken for the agent's and rejected."""
+    from core import control
+    from core.state import EngineLock
+    from core.workspace import Workspace
+
+    root = make_workspace(tmp_path / "ws")
+    ws = Workspace(root)
+    editor = tmp_path / "fake-editor"
+    editor.write_text("#!/bin/sh\necho 'Prefer simpler models.' >> \"$1\"\n")
+    editor.chmod(0o755)
+    lock = EngineLock(ws).acquire()  # the engine of engine.json (this pid) holds its lock
+    try:
+        app = make_app(root, editor=str(editor))
+        async with app.run_test(size=WIDE) as pilot:
+            await pilot.press("e")
+            await pilot.pause()
+            assert app.last_message == "program.md saved; the agent uses it from the next proposal"
+    finally:
+        lock.release()
+    assert (root / "program.md").read_text() == "# program\nLower val_bpb.\n"  # untouched in place
+    assert control.take_program(ws) == "# program\nLower val_bpb.\nPrefer simpler models.\n"
+    assert not (ws.state_dir / "program.edit.md").exists()
+
+
 async def test_enter_opens_the_experiment_detail(tmp_path):
     root = make_workspace(tmp_path / "ws")
     app = make_app(root)

@@ -302,11 +302,22 @@ class DashboardApp(App):
         dash.refresh_bindings()
 
     def edit_program(self) -> None:
+        """Edit program.md in $EDITOR. With an engine workspace the edit goes to a copy that is handed to
+        the engine (core.control.submit_program): it commits it before the next proposal, and an edit that
+        lands while the agent is proposing is never taken for the agent's (which the engine rejects)."""
         from textual.app import SuspendNotSupported
+
+        from core import control
+        from core.state import running_engine
         path = self.root / "program.md"
+        ws = self._workspace()
+        via_engine = running_engine(ws) is not None
+        target = ws.state_dir / "program.edit.md" if via_engine else path
+        original = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+        if via_engine:
+            target.write_text(original, encoding="utf-8")
         editor = self.editor or os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
-        argv = shlex.split(editor) + [str(path)]
-        before = path.stat().st_mtime_ns if path.exists() else None
+        argv = shlex.split(editor) + [str(target)]
         try:
             try:
                 with self.suspend():
@@ -316,13 +327,17 @@ class DashboardApp(App):
         except OSError as e:
             self._say(f"could not run the editor {editor!r}: {e}; set $EDITOR.", "error")
             return
-        after = path.stat().st_mtime_ns if path.exists() else None
+        edited = target.read_text(encoding="utf-8", errors="replace") if target.exists() else original
+        if via_engine:
+            target.unlink(missing_ok=True)
         if rc != 0:
-            self._say(f"the editor exited with code {rc}", "warning")
-        elif after != before:
-            self._say("program.md saved; the agent uses it from the next proposal")
-        else:
+            self._say(f"the editor exited with code {rc}; program.md is unchanged", "warning")
+        elif edited == original:
             self._say("program.md unchanged")
+        else:
+            if via_engine:
+                control.submit_program(ws, edited)
+            self._say("program.md saved; the agent uses it from the next proposal")
 
     def action_help(self) -> None:
         from .screens.modals import HelpScreen

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core import ledger as ledger_mod
+from core.state import pid_alive
 from core.errors import UserError
 from core.workspace import Workspace, read_json
 
@@ -159,26 +160,6 @@ def clean_id(v) -> str | None:
         return None
     s = str(v)
     return s if SAFE_ID.fullmatch(s) and ".." not in s else None
-
-
-def pid_alive(pid: int | None) -> bool:
-    if not pid or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    except OSError:
-        return False
-    # a zombie (exited, not yet reaped) counts as gone
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        return data[data.rfind(b")") + 2:][:1] != b"Z"
-    except OSError:
-        return True
 
 
 def parse_engine(data, now: float, hostname: str | None = None) -> EngineState | None:
