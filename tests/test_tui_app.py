@@ -579,3 +579,23 @@ def test_demo_workspace_keeps_its_short_budget_through_setup(tmp_path):
     assert re.search(rf"^TIME_BUDGET = {demo.DEMO_TIME_BUDGET}\b", consts, re.M), consts
     assert re.search(r'^PROFILE = "cpu"', consts, re.M)
     assert git(root, "status", "--porcelain") == ""  # ready for `autoresearch loop`
+
+
+async def test_keys_typed_in_one_burst_after_i_go_to_the_idea(tmp_path):
+    # as with "/": "ipause" in one read must type "pause" into the idea box, never pause the engine
+    from textual import events
+    from tui.screens.modals import IdeaScreen
+    root = make_workspace(tmp_path / "ws")
+    app = make_app(root)
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        for ch in "ipause2":
+            key = events.Key(ch, ch)
+            key.set_sender(app)
+            app.post_message(key)  # all queued before the first is handled
+        await wait_for(pilot, lambda: isinstance(app.screen, IdeaScreen)
+                       and app.screen.query_one("#idea").value == "pause2")
+        assert control_files(root) == []
+        await pilot.press("escape")
+        await pilot.pause()
+        assert control_files(root) == []

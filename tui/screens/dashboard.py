@@ -67,6 +67,7 @@ class DashboardScreen(Screen):
         self.filter_name = "all"
         self.showing_agent = False
         self._bindings_key = None
+        self._idea_typed: list[str] | None = None  # keys typed before the idea box was up
         self._search_typing = False  # between "/" and enter/escape: printable keys belong to the search box
         self._results_title_key = None
 
@@ -193,7 +194,13 @@ class DashboardScreen(Screen):
             if text:
                 self.app.queue_idea(text)
 
-        self.app.push_screen(IdeaScreen(), done)
+        # keys that come in the same read as "i" reach this screen before the modal is up (see on_key)
+        self._idea_typed = []
+        self.app.push_screen(IdeaScreen(self._take_idea_typed), done)
+
+    def _take_idea_typed(self) -> str:
+        typed, self._idea_typed = "".join(self._idea_typed or ()), None
+        return typed
 
     def action_edit(self) -> None:
         self.app.edit_program()
@@ -226,6 +233,16 @@ class DashboardScreen(Screen):
             event.stop()
             event.prevent_default()
             box.insert_text_at_cursor(event.character)
+        elif (event.key == "i" and self._idea_typed is None and not self._search_typing
+              and self.check_action("idea", ()) and self.app.focused is not box):
+            # like "/": open the idea box here, so that the keys behind it in the same read are caught below
+            event.stop()
+            event.prevent_default()
+            self.action_idea()
+        elif self._idea_typed is not None and event.is_printable and event.character:
+            event.stop()
+            event.prevent_default()
+            self._idea_typed.append(event.character)
 
     def action_clear_search(self) -> None:
         self._search_typing = False

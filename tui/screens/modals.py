@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 from rich.table import Table
 from rich.text import Text
 from textual.binding import Binding
@@ -54,10 +56,29 @@ class IdeaScreen(ModalScreen[str | None]):
     DEFAULT_CSS = MODAL_CSS.format(name="IdeaScreen")
     BINDINGS = [Binding("escape", "cancel", "cancel")]
 
+    def __init__(self, typed_before: Callable[[], str] | None = None):
+        super().__init__()
+        self._typed_before = typed_before
+
     def compose(self):
         with Vertical():
             yield Static(Text("Idea for the agent's next proposal (enter queues it, escape cancels):"))
             yield Input(placeholder="e.g. try a cosine warm-down", id="idea")
+
+    def on_mount(self) -> None:
+        box = self.query_one("#idea", Input)
+        if self._typed_before:
+            box.insert_text_at_cursor(self._typed_before())
+        box.focus()
+
+    def on_key(self, event) -> None:
+        """Keys that arrive before the box has the focus (one read of "ipause" over SSH) are typed into it."""
+        box = self.query_one("#idea", Input)
+        if self.focused is not box and event.is_printable and event.character:
+            event.stop()
+            event.prevent_default()
+            box.insert_text_at_cursor(event.character)
+            box.focus()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         text = event.value.strip()
