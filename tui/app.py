@@ -401,8 +401,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Demo workspace: {root}")
         snap = app.snapshot
         if snap is not None and snap.engine_alive:
-            print(f"Its engine keeps running; stop it with `autoresearch -C {root} stop`, "
-                  f"watch again with `autoresearch-tui {root}`.")
+            run = "uv run " if os.environ.get("UV") else ""  # launched through `uv run`: say it the same way
+            print(f"Its engine keeps running; stop it with `{run}autoresearch -C {root} stop`, "
+                  f"watch again with `{run}autoresearch-tui {root}`.")
     return app.return_code or 0
 
 
