@@ -96,7 +96,8 @@ def cmd_run(ws: Workspace, args) -> int:
     if not (ws.root / "train.py").is_file():
         raise UserError(f"there is no train.py in {ws.root}; run this inside a workspace (or pass -C PATH).")
     st = running_engine(ws)
-    if st and st.get("status") != "paused":
+    # "paused" is reported as soon as the command arrives; the current experiment may still be training
+    if st and (st.get("status") != "paused" or st.get("experiment") or st.get("phase") not in (None, "idle")):
         raise UserError(f"an engine is running in this workspace (pid {st.get('pid')}); pause it with "
                         "`autoresearch pause` or stop it before a manual run.")
     check_data(ws)

@@ -60,7 +60,13 @@ def pending_ideas(ws: Workspace) -> list[str]:
     d = ws.ideas_dir
     if not d.is_dir():
         return []
-    return [p.read_text(encoding="utf-8").strip() for p in sorted(d.glob("*.txt"))]
+    ideas = []
+    for p in sorted(d.glob("*.txt")):
+        try:
+            ideas.append(p.read_text(encoding="utf-8", errors="replace").strip())
+        except OSError:  # taken by the engine meanwhile
+            continue
+    return [i for i in ideas if i]
 
 
 def take_idea(ws: Workspace) -> str | None:
@@ -70,9 +76,9 @@ def take_idea(ws: Workspace) -> str | None:
         return None
     for p in sorted(d.glob("*.txt")):
         try:
-            text = p.read_text(encoding="utf-8").strip()
+            text = p.read_text(encoding="utf-8", errors="replace").strip()  # a hand-written file may not be UTF-8
             p.unlink()
-        except FileNotFoundError:
+        except OSError:
             continue
         if text:
             return text
@@ -94,12 +100,27 @@ def submit_program(ws: Workspace, text: str) -> Path:
     return path
 
 
+def pending_program(ws: Workspace) -> str | None:
+    """Submitted directives the engine has not applied yet."""
+    try:
+        return program_pending_path(ws).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+
+
 def take_program(ws: Workspace) -> str | None:
-    """Pop submitted directives (engine side)."""
+    """Pop submitted directives (engine side). Text older than program.md itself (someone edited the file
+    after submitting, e.g. while no engine ran) is dropped: the newer edit wins."""
     path = program_pending_path(ws)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8", errors="replace")
+        submitted = path.stat().st_mtime_ns
         path.unlink()
-    except FileNotFoundError:
+    except OSError:
         return None
+    try:
+        if ws.program_md.stat().st_mtime_ns > submitted:
+            return None
+    except OSError:
+        pass
     return text

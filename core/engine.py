@@ -18,7 +18,7 @@ from .events import EventLog
 from .ratchet import Ratchet, branch_name, experiment_ref, numstat
 from .runner import LocalRunner, read_time_budget, run
 from .state import EngineLock, EngineState, process_start_time
-from .validate import PERSON_FILES, check_changes, check_source
+from .validate import PERSON_FILES, Verdict, check_changes, check_source
 from .workspace import EDITABLE_FILE, Workspace, atomic_write_json, format_experiment_id, read_json
 
 CONTROL_POLL_S = 0.2  # control files are looked at 5 times a second, also while a subprocess runs
@@ -384,23 +384,19 @@ class Engine:
                               best=self._best_info())
             self.events.emit("phase_changed", exp_id, phase="idle")
 
-    def _reject_program_edit(self, exp: _Experiment):
+    def _reject_program_edit(self, exp: _Experiment) -> str | None:
         """program.md is the person's: a proposal that changed it is rejected, the file goes back to the
         committed directives, and the proposed text is kept in the experiment folder (nothing is lost).
 
         People edit it between proposals, or at any time through `control.submit_program` (the
         dashboard's `e`), which the engine applies before the next proposal."""
-        from .validate import Verdict
-
         if not self.rat.differs_from_head("program.md"):
             return None
         saved = exp.dir / "program.md.proposed"
         if self.ws.program_md.exists():
             saved.write_bytes(self.ws.program_md.read_bytes())
         self.rat.restore(["program.md"], [])
-        others = [e.path for e in self.rat.status() if not e.untracked and e.path != "program.md"]
-        return Verdict("rejected", f"rejected: changed program.md (its text is kept in {saved.name})",
-                       others, [])
+        return f"rejected: changed program.md (its text is kept in {saved.name})"
 
     def _commit_program_md(self) -> None:
         pending = control.take_program(self.ws)
@@ -474,9 +470,11 @@ class Engine:
         t1 = time.monotonic()
         self._phase("validating", exp.id)
         self._undo_agent_commits(parent)
-        program_verdict = self._reject_program_edit(exp)
+        program_rejection = self._reject_program_edit(exp)
         entries = self.rat.status()
-        verdict = program_verdict or check_changes(entries, untracked_before)
+        verdict = check_changes(entries, untracked_before)
+        if program_rejection:  # the rest of the proposal is undone with it, its new files included
+            verdict = Verdict("rejected", program_rejection, verdict.tracked, verdict.new_files)
         tail = res.tail if res else []
         if res is not None and res.cancelled:
             return self._finish_without_training(exp, verdict, self._cancel_reason or ABORTED, t1)

@@ -103,6 +103,12 @@ def _recover_one(ws: Workspace, rat: Ratchet, events: EventLog, exp_id: str, met
                                     "start again.")
                 paths = dirty
                 train_dirty = bool(dirty)
+                if rat.differs_from_head("program.md") and (ws.root / "program.md").exists():
+                    # the agent may have written it: keep the text aside and restore the committed directives,
+                    # so that it is not committed as the person's edit
+                    exp_dir = meta_path.parent
+                    (exp_dir / "program.md.proposed").write_bytes((ws.root / "program.md").read_bytes())
+                    rat.restore(["program.md"], [])
             commit = rat.snapshot(meta.get("description") or "(interrupted proposal)", parent, paths)
             meta["commit"] = commit
             atomic_write_json(meta_path, meta)  # the commit first: a second interruption cannot duplicate the row

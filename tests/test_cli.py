@@ -198,3 +198,19 @@ def test_create_workspace_from_the_project_files(tmp_path):
     assert "pystdlib" in constants and "TIME_BUDGET = 10" in constants.replace("10.0", "10")
     with pytest.raises(UserError, match="already holds"):
         create_workspace(ws.root)
+
+
+def test_manual_run_is_refused_while_a_pausing_engine_still_trains(tmp_path, capsys):
+    # `pause` is reported at once, but the current experiment trains on: a second trainer must not start
+    from core.cli import main
+    ws = make_workspace(tmp_path / "ws")
+    lock = EngineLock(ws).acquire()
+    try:
+        ws.engine_json.write_text(json.dumps({
+            "pid": os.getpid(), "status": "paused", "phase": "training",
+            "experiment": {"id": "0002", "commit": "abc", "description": "x"}}))
+        assert main(["-C", str(ws.root), "run"]) == 1
+        err = capsys.readouterr().err
+        assert "an engine is running" in err and "Traceback" not in err
+    finally:
+        lock.release()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
@@ -378,3 +379,35 @@ def test_proposal_changing_program_md_is_rejected_and_submitted_directives_are_c
     assert "Submitted while the loop runs." in agent.contexts[0].prompt
     assert "Always keep my changes." not in agent.contexts[1].prompt
     assert git(ws.root, "status", "--porcelain") == ""
+
+
+def test_program_md_rejection_also_removes_the_files_the_agent_created(tmp_path):
+    ws = make_workspace(tmp_path / "ws")
+    plans = [{"quality": 0.5, "files": {"program.md": "\nmine now\n", "helper.py": "X = 1\n"}, "desc": "sneaky"}]
+    rc, engine, agent = run_engine(ws, plans, max_experiments=2)
+    assert rc == 0
+    assert "rejected: changed program.md" in tsv_rows(ws)[1][4]
+    assert not (ws.root / "helper.py").exists()  # moved aside, not left for the next proposal to import
+    assert (ws.experiment_dir("0002") / "created-files" / "helper.py").exists()
+    assert git(ws.root, "status", "--porcelain") == ""
+
+
+def test_submitted_directives_older_than_program_md_are_dropped(tmp_path):
+    ws = make_workspace(tmp_path / "ws")
+    control.submit_program(ws, "stale text\n")
+    pending = control.program_pending_path(ws)
+    os.utime(pending, ns=(1, 1))  # handed in long before the hand edit below
+    ws.program_md.write_text("# Directives\nnewer hand edit\n")
+    assert control.take_program(ws) is None and not pending.exists()
+    control.submit_program(ws, "fresh text\n")
+    assert control.take_program(ws) == "fresh text\n"
+
+
+def test_idea_queue_tolerates_undecodable_and_vanishing_files(tmp_path):
+    ws = make_workspace(tmp_path / "ws")
+    control.queue_idea(ws, "first idea")
+    (ws.ideas_dir / "00000000000000000000-1.txt").write_bytes(b"caf\xe9 latin-1\n")
+    assert control.pending_ideas(ws)[0] == "caf\ufffd latin-1"
+    assert control.take_idea(ws) == "caf\ufffd latin-1"
+    assert control.take_idea(ws) == "first idea"
+    assert control.take_idea(ws) is None

@@ -313,8 +313,11 @@ class DashboardApp(App):
         ws = self._workspace()
         via_engine = running_engine(ws) is not None
         target = ws.state_dir / "program.edit.md" if via_engine else path
-        original = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
-        if via_engine:
+        current = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+        # directives handed in earlier and not applied yet are the latest text: edit on from them
+        pending = control.pending_program(ws)
+        original = pending if pending is not None else current
+        if via_engine or pending is not None:
             target.write_text(original, encoding="utf-8")
         editor = self.editor or os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
         argv = shlex.split(editor) + [str(target)]
@@ -330,6 +333,8 @@ class DashboardApp(App):
         edited = target.read_text(encoding="utf-8", errors="replace") if target.exists() else original
         if via_engine:
             target.unlink(missing_ok=True)
+        elif pending is not None:
+            control.program_pending_path(ws).unlink(missing_ok=True)  # its text is in program.md now
         if rc != 0:
             self._say(f"the editor exited with code {rc}; program.md is unchanged", "warning")
         elif edited == original:
