@@ -164,3 +164,15 @@ def test_stale_engine_json_reads_as_stopped(tmp_path):
     assert st["status"] == "stopped" and st["alive"] is False and st["stale_status"] == "running"
     r = cli("-C", str(ws.root), "pause")
     assert r.returncode == 1 and "no engine is running" in r.stderr
+
+
+def test_interrupted_proposal_does_not_commit_the_agents_program_md(tmp_path):
+    ws = make_workspace(tmp_path / "ws")
+    _baseline(ws)
+    rat, m = _interrupted(ws, "0002")
+    committed = ws.program_md.read_text()
+    ws.program_md.write_text(committed + "\nthe agent's own rules\n")  # written during the proposal
+    assert recover(ws, rat, EventLog(ws.events), lambda s: None) == ["0002"]
+    assert ws.program_md.read_text() == committed
+    assert "the agent's own rules" in (ws.experiment_dir("0002") / "program.md.proposed").read_text()
+    assert git(ws.root, "status", "--porcelain") == ""
