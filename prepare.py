@@ -637,6 +637,9 @@ def train_tokenizer(src: Source, vocab_size: int, max_chars: int = TOKENIZER_CHA
     out = dataset_dir(src) / "tokenizer"
     out.mkdir(parents=True, exist_ok=True)
     token_bytes = _token_bytes_of(enc)
+    # meta.json goes first and comes back last: an interruption between the two files below must not
+    # leave a folder that looks complete with a token_bytes table of another tokenizer
+    (out / "meta.json").unlink(missing_ok=True)
     buf = io.BytesIO()
     torch.save(token_bytes.to(torch.int32), buf)
     _atomic_write(out / "token_bytes.pt", buf.getvalue())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +90,10 @@ def parse_line(line: str, line_no: int) -> Row:
             raise ValueError(f"memory_gb {mem!r} is not a number") from None
     if status not in STATUSES:
         raise ValueError(f"status {status!r} is not keep, discard or crash")
+    if not (math.isfinite(val) and math.isfinite(memory)):
+        if status != "crash":
+            raise ValueError(f"val_bpb {bpb!r} or memory_gb {mem!r} is not a finite number")
+        val, memory = 0.0, 0.0
     return Row(commit, val, memory, status, desc, line_no)
 
 

@@ -7,6 +7,7 @@ import codecs
 import json
 import math
 import os
+import re
 import selectors
 import signal
 import subprocess
@@ -153,12 +154,23 @@ def run(argv: list[str], *, cwd: Path | str, env: dict[str, str] | None, logs: l
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         files.append(open(path, "wb", buffering=0))
 
+    echo = on_output
+
     def emit(data: bytes) -> None:
+        nonlocal echo
+        # a sink that fails (a full disk, `autoresearch run | head`) is dropped; the run itself goes on
         tail.feed(data)
-        for f in files:
-            f.write(data)
-        if on_output is not None:
-            on_output(data)
+        for f in list(files):
+            try:
+                f.write(data)
+            except OSError:
+                files.remove(f)
+                f.close()
+        if echo is not None:
+            try:
+                echo(data)
+            except Exception:
+                echo = None
 
     try:
         try:
@@ -169,67 +181,79 @@ def run(argv: list[str], *, cwd: Path | str, env: dict[str, str] | None, logs: l
             msg = f"could not start {argv[0]}: {e.strerror or e}"
             emit((msg + "\n").encode())
             return RunResult(None, False, False, time.monotonic() - t0, tail.lines(), error=msg)
-        if on_start is not None:
-            on_start(proc.pid)
         pgid = proc.pid  # start_new_session makes the child the leader of its own group
-        fd = proc.stdout.fileno()
-        os.set_blocking(fd, False)
-        sel = selectors.DefaultSelector()
-        sel.register(fd, selectors.EVENT_READ)
-        timed_out = cancelled = False
-        eof = False
-        deadline = None if timeout is None else t0 + timeout
-        exited_at = None
-        while True:
-            for _ in sel.select(POLL_S):
-                while True:
-                    try:
-                        data = os.read(fd, 65536)
-                    except BlockingIOError:
-                        break
-                    if not data:
-                        eof = True
-                        sel.unregister(fd)
-                        break
-                    emit(data)
-                if eof:
-                    break
-            if proc.poll() is not None:
-                if eof:
-                    break
-                # the leader is gone but something still holds the pipe: a helper left in the group
-                if exited_at is None:
-                    exited_at = time.monotonic()
-                    if _group_alive(pgid):
-                        kill_group(pgid, proc, grace=1.0)
-                elif time.monotonic() - exited_at > 2.0:
-                    break  # a process that left the group (setsid) holds the pipe; stop reading
-                continue
-            if cancel is not None and cancel.is_set():
-                cancelled = True
-            elif deadline is not None and time.monotonic() > deadline:
-                timed_out = True
-            if cancelled or timed_out:
-                kill_group(pgid, proc)
-                # keep whatever the group printed while dying
-                try:
-                    while (data := os.read(fd, 65536)):
-                        emit(data)
-                except (BlockingIOError, OSError):
-                    pass
-                break
-        sel.close()
-        proc.stdout.close()
-        if _group_alive(pgid):
-            kill_group(pgid, proc, grace=1.0)
         try:
-            rc = proc.wait(timeout=KILL_GRACE_S)
-        except subprocess.TimeoutExpired:
-            rc = None
-        return RunResult(rc, timed_out, cancelled, time.monotonic() - t0, tail.lines(), pid=proc.pid)
+            return _follow(proc, pgid, emit, tail, t0, timeout, cancel, on_start)
+        except BaseException:
+            # whatever went wrong here (KeyboardInterrupt, a failing callback), the group must not outlive us
+            kill_group(pgid, proc, grace=1.0)
+            raise
     finally:
         for f in files:
             f.close()
+
+
+def _follow(proc: subprocess.Popen, pgid: int, emit: Callable[[bytes], None], tail: LineTail, t0: float,
+            timeout: float | None, cancel: threading.Event | None,
+            on_start: Callable[[int], None] | None) -> RunResult:
+    """Stream the group's output until it exits, times out or is cancelled; then make sure it is gone."""
+    if on_start is not None:
+        on_start(proc.pid)
+    fd = proc.stdout.fileno()
+    os.set_blocking(fd, False)
+    sel = selectors.DefaultSelector()
+    sel.register(fd, selectors.EVENT_READ)
+    timed_out = cancelled = False
+    eof = False
+    deadline = None if timeout is None else t0 + timeout
+    exited_at = None
+    while True:
+        for _ in sel.select(POLL_S):
+            while True:
+                try:
+                    data = os.read(fd, 65536)
+                except BlockingIOError:
+                    break
+                if not data:
+                    eof = True
+                    sel.unregister(fd)
+                    break
+                emit(data)
+            if eof:
+                break
+        if proc.poll() is not None:
+            if eof:
+                break
+            # the leader is gone but something still holds the pipe: a helper left in the group
+            if exited_at is None:
+                exited_at = time.monotonic()
+                if _group_alive(pgid):
+                    kill_group(pgid, proc, grace=1.0)
+            elif time.monotonic() - exited_at > 2.0:
+                break  # a process that left the group (setsid) holds the pipe; stop reading
+            continue
+        if cancel is not None and cancel.is_set():
+            cancelled = True
+        elif deadline is not None and time.monotonic() > deadline:
+            timed_out = True
+        if cancelled or timed_out:
+            kill_group(pgid, proc)
+            # keep whatever the group printed while dying
+            try:
+                while (data := os.read(fd, 65536)):
+                    emit(data)
+            except (BlockingIOError, OSError):
+                pass
+            break
+    sel.close()
+    proc.stdout.close()
+    if _group_alive(pgid):
+        kill_group(pgid, proc, grace=1.0)
+    try:
+        rc = proc.wait(timeout=KILL_GRACE_S)
+    except subprocess.TimeoutExpired:
+        rc = None
+    return RunResult(rc, timed_out, cancelled, time.monotonic() - t0, tail.lines(), pid=proc.pid)
 
 
 # --- the trainer ----------------------------------------------------------------------------------
@@ -355,6 +379,14 @@ def parse_metrics(text: str | None, expected: dict | None = None) -> tuple[dict,
     return metrics, None
 
 
+_SECRET_NAME = re.compile(r"API_KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
+
+
+def trainer_env(environ) -> dict[str, str]:
+    """The trainer runs code the agent wrote and its output lands in logs: it gets no API keys or tokens."""
+    return {k: v for k, v in environ.items() if not _SECRET_NAME.search(k)}
+
+
 @dataclass
 class LocalRunner:
     """Where and how one training run executes: here, a local subprocess in the workspace.
@@ -380,7 +412,7 @@ class LocalRunner:
         """
         tmpdir = Path(tempfile.mkdtemp(prefix="autoresearch-metrics-"))
         metrics_file = tmpdir / "metrics.json"
-        env = dict(os.environ)
+        env = trainer_env(os.environ)
         env.update(self.extra_env)
         env["AUTORESEARCH_METRICS_FILE"] = str(metrics_file)
         env.setdefault("PYTHONUNBUFFERED", "1")

@@ -339,3 +339,14 @@ def test_cli_that_cannot_start_is_one_sentence(ws, bin_dir):
     proc = run_agent(agent, ctx_for(ws))
     assert proc.returncode == 1
     assert proc.stderr.decode().startswith("claude agent: cannot start ") and b"Traceback" not in proc.stderr
+
+
+def test_anthropic_tools_report_a_missing_train_py_to_the_model(tmp_path):
+    # the error goes back to the model as a tool result, the agent does not die with a traceback
+    from core.agents.anthropic_agent import ToolError, Tools
+    tools = Tools(tmp_path)
+    with pytest.raises(ToolError, match="train.py does not exist"):
+        tools.edit_train_py("a", "b")
+    (tmp_path / "train.py").write_bytes(b"\xff\xfe not utf-8")
+    with pytest.raises(ToolError, match="cannot read train.py"):
+        tools.edit_train_py("a", "b")

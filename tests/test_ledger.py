@@ -65,3 +65,15 @@ def test_large_ledger_parses_fast(tmp_path):
     t0 = time.perf_counter()
     led = ledger.read(p)
     assert len(led.rows) == 10_000 and time.perf_counter() - t0 < 1.0
+
+
+def test_non_finite_numbers_are_malformed_lines_except_on_crash_rows():
+    from core import ledger
+    text = ("commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
+            "abc1234\t1.0\t1.0\tkeep\tbase\n"
+            "abc1235\tinf\t1.0\tkeep\thand edit\n"
+            "abc1236\tnan\t0.0\tcrash\tupstream crash row\n")
+    led = ledger.parse(text)
+    assert [r.commit for r in led.rows] == ["abc1234", "abc1236"]
+    assert led.rows[1].val_bpb == 0.0
+    assert led.bad_lines[0][0] == 3 and "finite" in led.bad_lines[0][2]

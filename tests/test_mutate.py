@@ -196,3 +196,14 @@ def test_bad_history_is_ignored(ws):
 ])
 def test_parse_description(desc, key):
     assert mutate.parse_description(desc) == key
+
+
+def test_form_feeds_and_crlf_do_not_shift_the_edited_line():
+    import ast
+    from core.agents.mutate import apply, parse_constants
+    for nl in ("\n", "\r\n"):
+        src = nl.join(["X = 1", "\x0c", "MATRIX_LR = 0.04  # lr", "DEPTH = 8  # layers", ""])
+        const = parse_constants(src)["MATRIX_LR"]
+        out = apply(src, const, "0.05")
+        ast.parse(out)
+        assert out == src.replace("MATRIX_LR = 0.04", "MATRIX_LR = 0.05")

@@ -185,3 +185,25 @@ def test_local_runner_crash_and_timeout_reasons(tmp_path):
     res = LocalRunner(d, timeout=1.5).train([], None)
     assert not res.ok and res.timed_out and "timed out after 2 s" in res.reason
     assert not pid_alive(int((d / "grandchild.pid").read_text()))
+
+
+def test_a_failing_output_callback_neither_aborts_the_run_nor_leaves_the_group_running(tmp_path):
+    # `autoresearch run | head -1`: the echo callback breaks, the run goes on and its group is reaped
+    from core.runner import run
+    calls = []
+
+    def broken(data: bytes) -> None:
+        calls.append(data)
+        raise BrokenPipeError
+
+    res = run([sys.executable, "-c", "import time\nfor i in range(3): print(i, flush=True); time.sleep(0.1)"],
+              cwd=tmp_path, env=None, logs=[tmp_path / "a.log"], timeout=30, cancel=None, on_output=broken)
+    assert res.returncode == 0 and len(calls) == 1
+    assert (tmp_path / "a.log").read_text().split() == ["0", "1", "2"]
+
+
+def test_the_trainer_gets_no_api_keys():
+    from core.runner import trainer_env
+    env = trainer_env({"PATH": "/bin", "ANTHROPIC_API_KEY": "sk-x", "OPENAI_API_KEY": "k", "GH_TOKEN": "t",
+                       "CUDA_VISIBLE_DEVICES": "0"})
+    assert env == {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "0"}

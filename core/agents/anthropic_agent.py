@@ -137,20 +137,34 @@ class Tools:
             raise ToolError(f"cannot read {path}: {e.strerror}") from None
         return text if len(text) <= READ_LIMIT else text[:READ_LIMIT] + "\n[... truncated]"
 
+    def _read_train(self) -> str:
+        try:
+            return self.train.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ToolError("train.py does not exist; recreate it with write_train_py") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ToolError(f"cannot read train.py: {e}") from None
+
+    def _write_train(self, text: str) -> None:
+        try:
+            self.train.write_text(text, encoding="utf-8")
+        except OSError as e:
+            raise ToolError(f"cannot write train.py: {e.strerror or e}") from None
+
     def edit_train_py(self, old_str: str, new_str: str) -> str:
-        text = self.train.read_text(encoding="utf-8")
+        text = self._read_train()
         n = text.count(old_str) if old_str else 0
         if n != 1:
             raise ToolError(f"old_str occurs {n} times in train.py; it must occur exactly once "
                             "(include more surrounding lines to make it unique)")
-        self.train.write_text(text.replace(old_str, new_str, 1), encoding="utf-8")
+        self._write_train(text.replace(old_str, new_str, 1))
         self.edited = True
         return "train.py edited"
 
     def write_train_py(self, content: str) -> str:
         if not content.strip():
             raise ToolError("refusing to write an empty train.py")
-        self.train.write_text(content, encoding="utf-8")
+        self._write_train(content)
         self.edited = True
         return f"train.py written ({len(content.splitlines())} lines)"
 

@@ -138,7 +138,9 @@ def text_key(text: str) -> str | None:
 def parse_constants(source: str) -> dict[str, Constant]:
     """Top-level single-line `NAME = literal` assignments of SPECS names (names assigned twice are skipped)."""
     tree = ast.parse(source)
-    lines = source.splitlines()
+    # split on "\n" only: str.splitlines() also breaks at form feeds and other separators that Python's
+    # parser does not count as line ends, which would shift the line numbers
+    lines = source.split("\n")
     found: dict[str, Constant] = {}
     seen_twice: set[str] = set()
     for node in tree.body:
@@ -366,17 +368,17 @@ def choose(cands: list[Change], history: list[Tried], seed: str, salt: str) -> C
 
 def apply(source: str, const: Constant, new_text: str) -> str:
     """Replace the value of one constant in place; everything else (comment, spacing) stays byte-identical."""
-    lines = source.splitlines(keepends=True)
+    lines = source.split("\n")  # as in parse_constants
     line_b = lines[const.line_no - 1].encode("utf-8")
     lines[const.line_no - 1] = (line_b[:const.col] + new_text.encode("utf-8") + line_b[const.end_col:]).decode("utf-8")
-    return "".join(lines)
+    return "\n".join(lines)
 
 
 def propose(root: Path, seed: str = "0") -> tuple[str, Change]:
     """The new train.py text and the change, for the workspace at root (nothing is written)."""
     train = root / "train.py"
     try:
-        source = train.read_text(encoding="utf-8")
+        source = train.read_bytes().decode("utf-8")  # no newline translation: a CRLF file stays CRLF
     except FileNotFoundError:
         raise MutateError(f"no train.py in {root}") from None
     try:
@@ -415,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     except MutateError as e:
         print(f"mutate: {e}", file=sys.stderr)
         return 2
-    (root / "train.py").write_text(new_source, encoding="utf-8")
+    (root / "train.py").write_bytes(new_source.encode("utf-8"))
     proposal = os.environ.get("AUTORESEARCH_PROPOSAL_FILE")
     if proposal:
         Path(proposal).write_text(change.description + "\n", encoding="utf-8")
