@@ -21,6 +21,7 @@ from typing import Callable
 
 TAIL_LINES = 50
 KILL_GRACE_S = 5.0  # SIGTERM, then SIGKILL after this many seconds
+LOG_CAP_BYTES = 256 << 20  # per log file; the tail for the crash report keeps coming
 POLL_S = 0.1  # how often the wait loop looks at timeout and cancel
 STARTUP_GRACE_S = 120.0  # model build, torch.compile and the final evaluation are outside TIME_BUDGET
 DEFAULT_TIME_BUDGET = 300.0
@@ -155,17 +156,23 @@ def run(argv: list[str], *, cwd: Path | str, env: dict[str, str] | None, logs: l
         files.append(open(path, "wb", buffering=0))
 
     echo = on_output
+    written = 0
 
     def emit(data: bytes) -> None:
-        nonlocal echo
+        nonlocal echo, written
         # a sink that fails (a full disk, `autoresearch run | head`) is dropped; the run itself goes on
         tail.feed(data)
-        for f in list(files):
-            try:
-                f.write(data)
-            except OSError:
-                files.remove(f)
-                f.close()
+        if written < LOG_CAP_BYTES:
+            chunk = data[:LOG_CAP_BYTES - written]
+            written += len(chunk)
+            if written >= LOG_CAP_BYTES:  # a runaway print loop must not fill the disk before the timeout
+                chunk += f"\n[autoresearch: log cut at {LOG_CAP_BYTES >> 20} MiB]\n".encode()
+            for f in list(files):
+                try:
+                    f.write(chunk)
+                except OSError:
+                    files.remove(f)
+                    f.close()
         if echo is not None:
             try:
                 echo(data)

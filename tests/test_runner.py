@@ -207,3 +207,14 @@ def test_the_trainer_gets_no_api_keys():
     env = trainer_env({"PATH": "/bin", "ANTHROPIC_API_KEY": "sk-x", "OPENAI_API_KEY": "k", "GH_TOKEN": "t",
                        "CUDA_VISIBLE_DEVICES": "0"})
     assert env == {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "0"}
+
+
+def test_logs_are_cut_at_the_cap_but_the_tail_keeps_coming(tmp_path, monkeypatch):
+    from core import runner
+    monkeypatch.setattr(runner, "LOG_CAP_BYTES", 1000)
+    res = runner.run([sys.executable, "-c", "for i in range(2000): print(f'line {i}')"], cwd=tmp_path, env=None,
+                     logs=[tmp_path / "a.log"], timeout=30, cancel=None)
+    text = (tmp_path / "a.log").read_text()
+    assert res.returncode == 0
+    assert len(text) < 1100 and text.rstrip().endswith("[autoresearch: log cut at 0 MiB]")
+    assert res.tail[-1] == "line 1999"
