@@ -382,6 +382,20 @@ def _swap_in(build: Path, target: Path) -> None:
     build.rmdir()
 
 
+def _commit_splits(build: Path, target: Path, marker: Path, signature: dict, train: "_ShardWriter",
+                   val: "_ShardWriter", empty_error: str) -> None:
+    """Flush both splits, refuse an empty one (nothing half-built is left), swap them in, then write the
+    marker that says the folder is complete."""
+    train.flush()
+    val.flush()
+    if not train.total_docs or not val.total_docs:
+        shutil.rmtree(build, ignore_errors=True)
+        raise PrepareError(empty_error)
+    _swap_in(build, target)
+    _atomic_write(marker, json.dumps({"signature": signature, "train_docs": train.total_docs,
+                                      "val_docs": val.total_docs}, indent=1).encode())
+
+
 def _fresh_build_dir(target: Path) -> Path:
     """target/.build/{train,val}, empty (left-overs of an interrupted build are discarded)."""
     build = target / ".build"
@@ -429,11 +443,8 @@ def build_pystdlib(target: Path, log=print) -> None:
     train, val = _ShardWriter(build / "train", shard_chars=8_000_000), _ShardWriter(build / "val")
     for rel, text in docs:
         (val if _in_val(rel) else train).add(text)
-    train.flush()
-    val.flush()
-    _swap_in(build, target)
-    _atomic_write(marker, json.dumps({"signature": signature, "train_docs": train.total_docs,
-                                      "val_docs": val.total_docs}, indent=1).encode())
+    _commit_splits(build, target, marker, signature, train, val,
+                   "the standard library gave an empty training or validation split: use another --dataset")
     log(f"  pystdlib: {train.total_docs} train / {val.total_docs} val documents from "
         f"{signature['stdlib']} in {time.time() - t0:.1f} s")
 
@@ -515,15 +526,9 @@ def build_folder(src: Source, target: Path, log=print) -> None:
     if val.total_docs == 0 and train.docs:
         val.add(train.docs.pop())  # tiny single-file corpus: the hash split gave validation nothing
         train.total_docs -= 1
-    train.flush()
-    val.flush()
-    if train.total_docs == 0 or val.total_docs == 0:
-        shutil.rmtree(build, ignore_errors=True)
-        raise PrepareError(f"folder {src.folder} holds too little text to make both a training and a "
-                           f"validation split: add more documents")
-    _swap_in(build, target)
-    _atomic_write(marker, json.dumps({"signature": signature, "train_docs": train.total_docs,
-                                      "val_docs": val.total_docs}, indent=1).encode())
+    _commit_splits(build, target, marker, signature, train, val,
+                   f"folder {src.folder} holds too little text to make both a training and a validation "
+                   f"split: add more documents")
     log(f"  {src.folder}: {train.total_docs} train / {val.total_docs} val documents in {time.time() - t0:.1f} s")
 
 
@@ -571,15 +576,8 @@ def fetch_txt(src: Source, target: Path, log=print) -> None:
         train.add(doc)
     for doc in _txt_documents(raw / src.val_file):
         val.add(doc)
-    train.flush()
-    val.flush()
-    if not train.total_docs or not val.total_docs:
-        shutil.rmtree(build, ignore_errors=True)
-        raise PrepareError(f"the downloaded {src.name} files hold no documents: delete {raw} and run "
-                           f"prepare.py again")
-    _swap_in(build, target)
-    _atomic_write(marker, json.dumps({"signature": signature, "train_docs": train.total_docs,
-                                      "val_docs": val.total_docs}, indent=1).encode())
+    _commit_splits(build, target, marker, signature, train, val,
+                   f"the downloaded {src.name} files hold no documents: delete {raw} and run prepare.py again")
     for f in (src.train_file, src.val_file):
         (raw / f).unlink(missing_ok=True)
     raw.rmdir()
