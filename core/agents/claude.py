@@ -33,25 +33,43 @@ DEFAULT_MAX_TURNS = 40
 MISSING = "the claude CLI is not on PATH; install Claude Code or use --agent anthropic|mutate."
 
 
-class ClaudeAgent(Agent):
-    """Claude Code CLI agent."""
+class CliAgent(Agent):
+    """An agent that is a vendor CLI, run through this package's wrapper module (`python -m MODULE --run`)."""
 
-    name = "claude"
+    module = ""
+    missing = ""
 
     def __init__(self, config: dict):
-        if not shutil.which("claude"):
-            raise UserError(MISSING)
+        if not shutil.which(self.name):
+            raise UserError(self.missing)
         self.model = config.get("model") or None
-        self.max_turns = int(config.get("max_turns") or DEFAULT_MAX_TURNS)
+
+    def wrapper_args(self) -> list[str]:
+        return []
 
     def command(self, ctx: AgentContext) -> list[str]:
-        argv = [sys.executable, "-m", "core.agents.claude", "--run", "--max-turns", str(self.max_turns)]
+        argv = [sys.executable, "-m", self.module, "--run", *self.wrapper_args()]
         if self.model:
             argv += ["--model", self.model]
         return argv
 
     def describe(self) -> str:
-        return f"claude ({self.model})" if self.model else "claude"
+        return f"{self.name} ({self.model})" if self.model else self.name
+
+
+class ClaudeAgent(CliAgent):
+    """Claude Code CLI agent."""
+
+    name = "claude"
+    module = "core.agents.claude"
+    missing = MISSING
+
+    def __init__(self, config: dict):
+        super().__init__(config)
+        self.max_turns = int(config.get("max_turns") or DEFAULT_MAX_TURNS)
+
+    def wrapper_args(self) -> list[str]:
+        return ["--max-turns", str(self.max_turns)]
 
 
 ARG_LIMIT = 100_000  # Linux refuses a single argv string over 128 KiB; longer prompts go through stdin

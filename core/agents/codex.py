@@ -18,30 +18,17 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
-from .base import Agent, AgentContext
-from .claude import ARG_LIMIT, description_from_text, finish, prompt_with_paths, read_prompt, stream_json
+from .claude import ARG_LIMIT, CliAgent, description_from_text, finish, prompt_with_paths, read_prompt, stream_json
 
 MISSING = "the codex CLI is not on PATH; install Codex (npm i -g @openai/codex) or use --agent anthropic|mutate."
 
 
-class CodexAgent(Agent):
+class CodexAgent(CliAgent):
     """Codex CLI agent."""
 
     name = "codex"
-
-    def __init__(self, config: dict):
-        if not shutil.which("codex"):
-            raise UserError(MISSING)
-        self.model = config.get("model") or None
-
-    def command(self, ctx: AgentContext) -> list[str]:
-        argv = [sys.executable, "-m", "core.agents.codex", "--run"]
-        if self.model:
-            argv += ["--model", self.model]
-        return argv
-
-    def describe(self) -> str:
-        return f"codex ({self.model})" if self.model else "codex"
+    module = "core.agents.codex"
+    missing = MISSING
 
 
 def codex_argv(binary: str, prompt: str | None, model: str | None) -> list[str]:
