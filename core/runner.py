@@ -282,13 +282,13 @@ def _const_eval(node: ast.AST):
     raise ValueError("not a constant expression")
 
 
-def read_constant(path: Path, name: str, default=None):
-    """Read a top-level `NAME = <literal>` from a Python file by parsing it (never importing it)."""
+def read_constants(path: Path) -> dict:
+    """Top-level `NAME = <literal>` assignments of a Python file, by parsing it (never importing it)."""
     try:
         tree = ast.parse(Path(path).read_text(encoding="utf-8"))
     except (OSError, SyntaxError, ValueError):
-        return default
-    value = default
+        return {}
+    values = {}
     for node in tree.body:
         targets = []
         if isinstance(node, ast.Assign):
@@ -296,15 +296,20 @@ def read_constant(path: Path, name: str, default=None):
         elif isinstance(node, ast.AnnAssign) and node.value is not None:
             targets, expr = [node.target], node.value
         for t in targets:
-            if isinstance(t, ast.Name) and t.id == name:
+            if isinstance(t, ast.Name):
                 try:
-                    value = ast.literal_eval(expr)
+                    values[t.id] = ast.literal_eval(expr)
                 except ValueError:
                     try:
-                        value = _const_eval(expr)
-                    except (ValueError, ZeroDivisionError, OverflowError):
+                        values[t.id] = _const_eval(expr)
+                    except (ValueError, TypeError, ZeroDivisionError, OverflowError):
                         pass
-    return value
+    return values
+
+
+def read_constant(path: Path, name: str, default=None):
+    """One top-level constant of a Python file (see read_constants)."""
+    return read_constants(path).get(name, default)
 
 
 def read_time_budget(ws_root: Path) -> float:
@@ -348,13 +353,8 @@ _EVAL_CONSTANTS = {"eval_tokens": "EVAL_TOKENS", "max_seq_len": "MAX_SEQ_LEN", "
 
 def expected_eval_constants(ws_root: Path) -> dict:
     """The evaluation constants of the workspace's constants.py (read by parsing, never imported)."""
-    path = Path(ws_root) / "constants.py"
-    out = {}
-    for key, name in _EVAL_CONSTANTS.items():
-        value = read_constant(path, name)
-        if value is not None:
-            out[key] = value
-    return out
+    values = read_constants(Path(ws_root) / "constants.py")
+    return {key: values[name] for key, name in _EVAL_CONSTANTS.items() if values.get(name) is not None}
 
 
 def parse_metrics(text: str | None, expected: dict | None = None) -> tuple[dict, str | None]:
