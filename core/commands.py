@@ -19,7 +19,6 @@ from .runner import read_constant
 from .state import lock_held, lock_holder_pid, read_status, running_engine
 from .workspace import Workspace
 
-
 # --- checks before starting -------------------------------------------------------------------------
 
 def cache_root() -> Path:

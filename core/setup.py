@@ -9,7 +9,8 @@ from collections import deque
 from pathlib import Path
 
 from .errors import UserError
-from .profiles import DEFAULT_PROFILE, PROFILES as _PROFILES, TRAIN_KNOBS, Profile, get_profile
+from .profiles import DEFAULT_PROFILE, TRAIN_KNOBS, Profile, get_profile
+from .profiles import PROFILES as _PROFILES
 
 PROFILES = list(_PROFILES)
 DATASETS = ["climbmix", "fineweb-edu", "tinystories", "pystdlib"]
@@ -77,7 +78,7 @@ def _rewrite_knobs(text: str, knobs: dict) -> str:
     missing = []
     for name, value in knobs.items():
         pattern = re.compile(rf'^({name}\s*=\s*)("[^"\n]*"|\'[^\'\n]*\'|[^#\n]*?)(\s*#[^\n]*)?$', re.M)
-        text, n = pattern.subn(lambda m: m.group(1) + _literal(value, name) + (m.group(3) or ""), text, count=1)
+        text, n = pattern.subn(lambda m, v=value, n=name: m.group(1) + _literal(v, n) + (m.group(3) or ""), text, count=1)
         if not n:
             missing.append(name)
     if missing:
@@ -144,7 +145,7 @@ def _open_repo(root: Path):
 def _files_clean(repo) -> bool:
     """True when constants.py and train.py are tracked and have no uncommitted changes."""
     try:
-        repo.head.commit
+        _ = repo.head.commit
     except ValueError:  # no commits yet
         return False
     tracked = repo.git.ls_files("--", *SETUP_FILES).split()

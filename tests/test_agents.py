@@ -10,13 +10,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from fake_anthropic_server import FakeAnthropic, message, text, tool_use
 
 from core.agents import AGENTS, make_agent, resolve_auto
 from core.agents.anthropic_agent import estimate_cost
 from core.agents.base import AgentContext, agent_env
 from core.errors import UserError
 from core.workspace import Workspace
-from fake_anthropic_server import FakeAnthropic, message, text, tool_use
 
 TRAIN_PY = textwrap.dedent("""\
     \"\"\"toy trainer\"\"\"

@@ -8,14 +8,13 @@ import subprocess
 import sys
 
 import pytest
+from engine_fixtures import ROOT, cli, cli_env, git, make_workspace, meta, read_events, tsv_rows, write_agent_files
 
 from core import control
 from core.config import LoopConfig, default_tag, resolve
 from core.errors import UserError
 from core.state import EngineLock
 from core.workspace import Workspace
-
-from engine_fixtures import ROOT, cli, cli_env, git, make_workspace, meta, read_events, tsv_rows, write_agent_files
 
 
 def one_line_error(r: subprocess.CompletedProcess, *needles: str) -> str:

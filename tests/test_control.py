@@ -7,12 +7,22 @@ import os
 import signal
 import time
 
+from engine_fixtures import (
+    cli,
+    git,
+    make_workspace,
+    meta,
+    read_events,
+    set_fake,
+    tsv_rows,
+    wait_event,
+    wait_for,
+    write_agent_files,
+)
+
 from core import control
 from core.state import pid_alive
 from core.workspace import Workspace
-
-from engine_fixtures import cli, git, make_workspace, meta, read_events, set_fake, tsv_rows, wait_event, wait_for, \
-    write_agent_files
 
 
 def engine_json(ws):

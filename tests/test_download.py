@@ -6,8 +6,15 @@ import os
 import socket
 
 import pytest
-
-from prepare_helpers import HFServer, load_prepare, make_workspace, parquet_bytes, run_prepare_cli, shard_texts, stdlib_texts
+from prepare_helpers import (
+    HFServer,
+    load_prepare,
+    make_workspace,
+    parquet_bytes,
+    run_prepare_cli,
+    shard_texts,
+    stdlib_texts,
+)
 
 CLIMBMIX = "karpathy/climbmix-400b-shuffle"
 TRAIN0, TRAIN1, VAL = "shard_00000.parquet", "shard_00001.parquet", "shard_06542.parquet"

@@ -6,6 +6,7 @@ import os
 import threading
 
 import pytest
+from engine_fixtures import ScriptAgent, git, make_workspace, meta, read_events, set_fake, tsv_rows, wait_for
 
 from core import control
 from core.config import LoopConfig
@@ -14,8 +15,6 @@ from core.errors import UserError
 from core.ledger import read as read_ledger
 from core.ratchet import Ratchet
 from core.state import pid_alive
-
-from engine_fixtures import ScriptAgent, git, make_workspace, meta, read_events, set_fake, tsv_rows, wait_for
 
 
 def run_engine(ws, plans, max_experiments, **cfg):

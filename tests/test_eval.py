@@ -12,7 +12,6 @@ import textwrap
 import pytest
 import torch
 import torch.nn as nn
-
 from prepare_helpers import load_prepare, make_workspace, prepared_cache
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import subprocess
@@ -200,6 +199,7 @@ def test_parse_description(desc, key):
 
 def test_form_feeds_and_crlf_do_not_shift_the_edited_line():
     import ast
+
     from core.agents.mutate import apply, parse_constants
     for nl in ("\n", "\r\n"):
         src = nl.join(["X = 1", "\x0c", "MATRIX_LR = 0.04  # lr", "DEPTH = 8  # layers", ""])

@@ -10,9 +10,7 @@ import sys
 
 import pytest
 import torch
-
-from prepare_helpers import (REPO, load_prepare, make_workspace, prepared_cache, shard_texts,
-                             stdlib_texts)
+from prepare_helpers import REPO, load_prepare, make_workspace, prepared_cache, shard_texts, stdlib_texts
 
 
 @pytest.fixture

@@ -9,6 +9,20 @@ import subprocess
 import sys
 
 import pytest
+from engine_fixtures import (
+    ROOT,
+    ScriptAgent,
+    cli,
+    cli_env,
+    git,
+    make_workspace,
+    meta,
+    read_events,
+    set_fake,
+    tsv_rows,
+    wait_event,
+    write_agent_files,
+)
 
 from core import ledger
 from core.config import LoopConfig
@@ -19,9 +33,6 @@ from core.ratchet import Ratchet
 from core.recovery import recover
 from core.state import pid_alive
 from core.workspace import atomic_write_json
-
-from engine_fixtures import (ROOT, ScriptAgent, cli, cli_env, git, make_workspace, meta, read_events, set_fake,
-                             tsv_rows, wait_event, write_agent_files)
 
 
 def engine_proc(ws, agent_cmd, *extra):

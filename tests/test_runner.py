@@ -8,11 +8,19 @@ import threading
 import time
 from pathlib import Path
 
-from core.runner import (LineTail, LocalRunner, default_timeout, parse_metrics, read_constant, read_time_budget,
-                         run, split_progress)
-from core.state import pid_alive
-
 from engine_fixtures import FAKE_PREPARE, FAKE_TRAIN, wait_for
+
+from core.runner import (
+    LineTail,
+    LocalRunner,
+    default_timeout,
+    parse_metrics,
+    read_constant,
+    read_time_budget,
+    run,
+    split_progress,
+)
+from core.state import pid_alive
 
 # spawns a grandchild in the same process group, writes its pid, then hangs
 SPAWNER = r"""

@@ -467,7 +467,8 @@ async def test_live_log_stays_at_the_end_when_lines_overflow_the_pane(tmp_path):
             for batch in range(3):
                 f.write(b"".join(b"line %05d\n" % i for i in range(batch * 3000, (batch + 1) * 3000)))
                 f.flush()
-                await wait_for(pilot, lambda: pane.view.lines[-1] == "line %05d" % ((batch + 1) * 3000 - 1))
+                last = "line %05d" % ((batch + 1) * 3000 - 1)
+                await wait_for(pilot, lambda last=last: pane.view.lines[-1] == last)
                 await pilot.pause()
                 assert pane.view.scroll_offset.y == pane.view.max_scroll_y > 0
                 assert "line %05d" % ((batch + 1) * 3000 - 1) in screen_text(app)
@@ -584,6 +585,7 @@ def test_demo_workspace_keeps_its_short_budget_through_setup(tmp_path):
 async def test_keys_typed_in_one_burst_after_i_go_to_the_idea(tmp_path):
     # as with "/": "ipause" in one read must type "pause" into the idea box, never pause the engine
     from textual import events
+
     from tui.screens.modals import IdeaScreen
     root = make_workspace(tmp_path / "ws")
     app = make_app(root)

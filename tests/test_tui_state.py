@@ -9,8 +9,7 @@ import pytest
 from core.errors import UserError
 from core.ledger import Row
 from tests.tui_fixtures import T0, big_results, make_upstream_repo, make_workspace, write_engine
-from tui.state import (UPSTREAM, WORKSPACE, StateReader, build_rows, classify, parse_engine, read_experiment,
-                       tail_bytes)
+from tui.state import UPSTREAM, WORKSPACE, StateReader, build_rows, classify, parse_engine, read_experiment, tail_bytes
 from tui.widgets.results import filter_rows
 
 

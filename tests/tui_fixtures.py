@@ -138,7 +138,7 @@ def make_upstream_repo(root: Path) -> tuple[Path, list[str]]:
     """karpathy/autoresearch after a night: train.py history in git, results.tsv and run.log, no .autoresearch/."""
     init_repo(root, files={"program.md": "# program\n", "prepare.py": "# prepare\n", "train.py": TRAIN_PY})
     shas = []
-    for k, (exp_id, status, val, mem, desc) in enumerate(EXPERIMENTS[:4]):
+    for k in range(len(EXPERIMENTS[:4])):
         (root / "train.py").write_text(TRAIN_PY + f"# change {k}\n")
         git(root, "commit", "-q", "-am", f"exp {k}")
         shas.append(git(root, "rev-parse", "HEAD"))

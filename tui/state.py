@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core import ledger as ledger_mod
-from core.state import pid_alive
 from core.errors import UserError
+from core.state import pid_alive
 from core.workspace import Workspace, read_json
 
 WORKSPACE = "workspace"  # an autoresearch workspace: the dashboard can steer its engine

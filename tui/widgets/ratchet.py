@@ -80,7 +80,7 @@ class RatchetHistory(Widget):
             out.append("no experiments yet", style=st["dim"])
             return out
         lines = 0
-        for k, step in enumerate(steps):
+        for step in steps:
             if lines >= height:
                 break
             if step.discarded or step.crashed:
