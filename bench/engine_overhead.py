@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from core import engine as engine_mod  # noqa: E402
 from core.config import LoopConfig  # noqa: E402
 from core.engine import Engine  # noqa: E402
-from core.runner import LocalRunner  # noqa: E402
+from core.training import LocalRunner  # noqa: E402
 from core.workspace import Workspace  # noqa: E402
 
 INSTANT_AGENT = ("import os, random\n"

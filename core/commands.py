@@ -15,8 +15,9 @@ from pathlib import Path
 from . import config as config_mod
 from . import control, events, ledger
 from .errors import UserError
-from .runner import read_constant
-from .state import lock_held, lock_holder_pid, read_status, running_engine
+from .lock import lock_held, lock_holder_pid
+from .pyconst import read_one as read_constant
+from .status import EngineStatus, read_status, running_engine
 from .workspace import Workspace
 
 # --- checks before starting -------------------------------------------------------------------------
@@ -90,14 +91,14 @@ def cmd_loop(ws: Workspace, args) -> int:
 
 def cmd_run(ws: Workspace, args) -> int:
     """autoresearch run: train the current train.py once (no git changes) and print val_bpb and peak_vram_mb."""
-    from .runner import LocalRunner
+    from .training import LocalRunner
 
     if not (ws.root / "train.py").is_file():
         raise UserError(f"there is no train.py in {ws.root}; run this inside a workspace (or pass -C PATH).")
     st = running_engine(ws)
     # "paused" is reported as soon as the command arrives; the current experiment may still be training
-    if st and (st.get("status") != "paused" or st.get("experiment") or st.get("phase") not in (None, "idle")):
-        raise UserError(f"an engine is running in this workspace (pid {st.get('pid')}); pause it with "
+    if st and (st.status != "paused" or st.current() is not None or st.phase != "idle"):
+        raise UserError(f"an engine is running in this workspace (pid {st.pid}); pause it with "
                         "`autoresearch pause` or stop it before a manual run.")
     check_data(ws)
     try:
@@ -143,32 +144,30 @@ def _ago(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-def status_text(ws: Workspace, st: dict) -> str:
+def status_text(ws: Workspace, st: EngineStatus) -> str:
     lines = []
-    if st.get("alive"):
-        lines.append(f"engine: {st.get('status')} (pid {st.get('pid')}, phase {st.get('phase')}) on "
-                     f"{st.get('branch')}, agent {st.get('agent')}")
+    if st.alive:
+        lines.append(f"engine: {st.status} (pid {st.pid}, phase {st.phase}) on {st.branch}, agent {st.agent}")
     else:
-        last = f" (last: {st.get('message')})" if st.get("message") else ""
+        last = f" (last: {st.message})" if st.message else ""
         lines.append(f"engine: stopped{last}")
-    exp = st.get("experiment") if st.get("alive") else None
+    cur = st.current() if st.alive else None
     now = time.time()
-    if exp:
-        desc = exp.get("description") or "(proposing)"
-        line = f"experiment {exp.get('id')}: {desc}"
-        if exp.get("training_started_at"):
-            line += f", training for {_ago(now - exp['training_started_at'])}"
-            if exp.get("time_budget"):
-                line += f" of a {_ago(exp['time_budget'])} budget"
-        elif exp.get("started_at"):
-            line += f", started {_ago(now - exp['started_at'])} ago"
+    if cur:
+        line = f"experiment {cur.id}: {cur.description or '(proposing)'}"
+        if cur.training_started_at:
+            line += f", training for {_ago(now - cur.training_started_at)}"
+            if cur.time_budget:
+                line += f" of a {_ago(cur.time_budget)} budget"
+        elif cur.started_at:
+            line += f", started {_ago(now - cur.started_at)} ago"
         lines.append(line)
     led = ledger.read(ws.results_tsv)
-    best, base = st.get("best") if st.get("alive") else None, led.baseline
-    if best and best.get("val_bpb"):
-        line = f"best: val_bpb {best['val_bpb']:.6f} ({str(best.get('commit'))[:7]})"
+    best, base = st.best if st.alive else None, led.baseline
+    if best:
+        line = f"best: val_bpb {best.val_bpb:.6f} ({best.commit[:7]})"
         if base:
-            line += f", baseline {base.val_bpb:.6f} ({best['val_bpb'] - base.val_bpb:+.6f})"
+            line += f", baseline {base.val_bpb:.6f} ({best.val_bpb - base.val_bpb:+.6f})"
         lines.append(line)
     elif led.best:
         lines.append(f"best in results.tsv: val_bpb {led.best.val_bpb:.6f} ({led.best.commit})")
@@ -187,7 +186,7 @@ def cmd_status(ws: Workspace, args) -> int:
     """autoresearch status [--json]: engine state (a snapshot left by a dead engine reads as stopped)."""
     st = read_status(ws)
     if getattr(args, "json", False):
-        print(json.dumps(st, indent=2, sort_keys=True))
+        print(json.dumps({**st.to_json(), "alive": st.alive}, indent=2, sort_keys=True))
     else:
         print(status_text(ws, st))
     return 0
@@ -230,8 +229,3 @@ def cmd_idea(ws: Workspace, args) -> int:
     n = len(control.pending_ideas(ws))
     print(f"idea queued ({n} pending); the next proposal takes it.")
     return 0
-
-
-def engine_status(ws: Workspace) -> dict:
-    """engine.json with `alive` (for other modules that want the same view as `autoresearch status --json`)."""
-    return read_status(ws)

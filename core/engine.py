@@ -15,9 +15,12 @@ from . import control, ledger
 from .config import LoopConfig
 from .errors import UserError
 from .events import EventLog
+from .lock import EngineLock
+from .procs import ProcessId
 from .ratchet import Ratchet, branch_name, experiment_ref, numstat
-from .runner import LocalRunner, read_time_budget, run
-from .state import EngineLock, EngineState, process_start_time
+from .runner import run
+from .status import HEARTBEAT_S, Best, Proposal, SlotRun, StatusWriter
+from .training import LocalRunner, read_time_budget
 from .validate import PERSON_FILES, Verdict, check_changes, check_source
 from .workspace import EDITABLE_FILE, Workspace, atomic_write_json, format_experiment_id, read_json
 
@@ -189,7 +192,9 @@ class Engine:
         self._cancel_reason: str | None = None
         self._in_experiment = False
         self._watcher_quit = threading.Event()
-        self.state: EngineState | None = None
+        self.state: StatusWriter | None = None
+        self._view: dict | None = None  # the experiment in flight, as engine.json shows it
+        self._slot_label = "slot 0"
         self.events: EventLog | None = None
         self.rat: Ratchet | None = None
         self.ledger = LedgerCache(ws.results_tsv)
@@ -222,7 +227,11 @@ class Engine:
         self.state.update(status=status)
 
     def _watch_controls(self) -> None:
+        beat = time.monotonic()
         while not self._watcher_quit.wait(CONTROL_POLL_S):
+            if time.monotonic() - beat >= HEARTBEAT_S:  # dashboards on other hosts judge liveness by it
+                beat = time.monotonic()
+                self.state.heartbeat()
             try:
                 for cmd in control.take(self.ws):
                     self._on_control(cmd)
@@ -242,11 +251,32 @@ class Engine:
             self._cancel.set()
 
     def _current_id(self) -> str | None:
-        exp = self.state.get("experiment") if self.state else None
-        return exp.get("id") if exp else None
+        return self._view["id"] if self._view else None
+
+    def _show(self, phase: str | None = None, **fields) -> None:
+        """engine.json's view of the experiment in flight: a proposal while the agent works and validation
+        runs, slot 0's run while it trains and is recorded."""
+        v = self._view
+        if v is None:
+            self.state.update(phase=phase or "idle", proposals=(), slots=(SlotRun("0", label=self._slot_label),))
+            return
+        v.update(fields)
+        if phase:
+            v["phase"] = phase
+        child = v.get("child")
+        if v["phase"] in ("proposing", "validating"):
+            prop = Proposal(v["id"], base=v.get("parent"), state=v["phase"], description=v.get("description") or "",
+                            idea=v.get("idea"), started_at=v.get("started_at"), child=child)
+            self.state.update(phase=v["phase"], proposals=(prop,), slots=(SlotRun("0", label=self._slot_label),))
+        else:
+            slot = SlotRun("0", label=self._slot_label, phase="training" if v["phase"] == "training" else "recording",
+                           experiment=v["id"], commit=v.get("commit"), description=v.get("description") or "",
+                           started_at=v.get("started_at"), training_started_at=v.get("training_started_at"),
+                           time_budget=v.get("time_budget"), child=child)
+            self.state.update(phase=v["phase"], proposals=(), slots=(slot,))
 
     def _phase(self, phase: str, exp_id: str | None) -> None:
-        self.state.update(phase=phase)
+        self._show(phase)
         self.events.emit("phase_changed", exp_id, phase=phase)
 
     # --- lifecycle -----------------------------------------------------------------------------------
@@ -259,17 +289,18 @@ class Engine:
         try:
             check_head(self.rat)
             self.events = EventLog(self.ws.events)
-            self.state = EngineState(self.ws, tag=self.cfg.tag, branch=self.branch,
-                                     max_experiments=self.cfg.max_experiments, status="running")
+            self.state = StatusWriter(self.ws, tag=self.cfg.tag, branch=self.branch,
+                                      max_experiments=self.cfg.max_experiments, status="running")
             if self.agent is None:
                 from .agents import make_agent
                 self.agent = make_agent(self.cfg.agent, self.cfg.agent_config())
             notice = getattr(self.agent, "notice", None)
             if notice:
                 self.log(f"autoresearch: {notice}.")
-            self.state.data["agent"] = self.agent.describe()
             control.take(self.ws)  # commands left from an earlier engine are stale
-            recover(self.ws, self.rat, self.events, self.log)
+            recover(self.ws, self.rat, self.events, self.log)  # reads the dead engine's engine.json: before ours
+            self.state.update(agent=self.agent.describe())
+            self._show()
             check_clean_tree(self.rat)
             created = self.rat.checkout_branch(self.branch)
             led = self.ledger.read()
@@ -298,14 +329,15 @@ class Engine:
             finally:
                 self._watcher_quit.set()
                 watcher.join(timeout=2)
-            self.state.update(status="stopped", phase="idle", experiment=None, child=None, message=message)
+            self._view = None
+            self.state.update(status="stopped", phase="idle", proposals=(), slots=(), message=message)
             self.events.emit("engine_stopped", None, reason=message or "stopped")
             self.log(f"autoresearch: engine stopped ({message or 'stopped'}).")
             return self.exit_code
         except BaseException as e:
             if self.state is not None:
                 msg = str(e) if isinstance(e, UserError) else f"engine error: {type(e).__name__}: {e}"
-                self.state.update(status="stopped", phase="idle", child=None, message=msg)
+                self.state.update(status="stopped", phase="idle", proposals=(), slots=(), message=msg)
                 if self.events is not None:
                     self.events.emit("engine_stopped", None, reason=msg)
             raise
@@ -316,16 +348,16 @@ class Engine:
                 self.events.close()
             lock.release()
 
-    def _best_info(self) -> dict | None:
+    def _best_info(self) -> Best | None:
         if self.best_val is None:
             return None
-        return {"commit": self.best_commit, "val_bpb": self.best_val}
+        return Best(self.best_commit, self.best_val)
 
     def _loop(self) -> str:
         while True:
             with self._cv:
                 while self._paused and not self._stop:
-                    if self.state.get("phase") != "idle":
+                    if self.state.status.phase != "idle":
                         self.state.update(phase="idle")
                     self._cv.wait(CONTROL_POLL_S)
             if self._signalled:
@@ -362,10 +394,10 @@ class Engine:
         exp.save()  # from here on a crash of the engine leaves a marker that recovery finds
         self._in_experiment = True
         try:
-            self.state.update(phase="idle", experiment={
-                "id": exp_id, "commit": exp.meta["commit"], "description": exp.meta["description"],
-                "started_at": now, "training_started_at": None,
-                "time_budget": read_time_budget(self.ws.root)})
+            self._view = {"id": exp_id, "commit": exp.meta["commit"], "description": exp.meta["description"],
+                          "parent": parent, "started_at": now, "training_started_at": None, "child": None,
+                          "time_budget": read_time_budget(self.ws.root), "phase": "proposing"}
+            self._show("proposing" if not baseline else "training")
             self.events.emit("experiment_started", exp_id, parent=parent, baseline=baseline)
             if baseline:
                 # the baseline's folder is as complete as any other: an empty diff and a one-line agent log
@@ -380,8 +412,9 @@ class Engine:
         finally:
             self._in_experiment = False
             self.done += 1
-            self.state.update(phase="idle", experiment=None, child=None, experiments_done=self.done,
-                              best=self._best_info())
+            self._view = None
+            self._show()
+            self.state.update(experiments_done=self.done, best=self._best_info())
             self.events.emit("phase_changed", exp_id, phase="idle")
 
     def _reject_program_edit(self, exp: _Experiment) -> str | None:
@@ -409,7 +442,7 @@ class Engine:
             self.state.update(best=self._best_info())
 
     def _child_started(self, pid: int) -> None:
-        self.state.update(child={"pid": pid, "start_time": process_start_time(pid)})
+        self._show(child=ProcessId.of(pid))
 
     def _propose(self, exp: _Experiment) -> str | None:
         """Agent, then validation, then commit. Returns None to go on training, "done" when the experiment
@@ -456,7 +489,7 @@ class Engine:
         if argv is not None:
             res = run(argv, cwd=self.ws.root, env=env, logs=[ctx.log_file], timeout=self.cfg.agent_timeout,
                       cancel=self._cancel, on_start=self._child_started)
-            self.state.update(child=None)
+            self._show(child=None)
             if res.error:
                 agent_error = res.error
             elif res.timed_out:
@@ -516,7 +549,7 @@ class Engine:
         exp.meta["commit"] = commit
         exp.timings["validate_s"] = time.monotonic() - t1
         exp.save()
-        self.state.update_experiment(commit=commit, description=description)
+        self._show(commit=commit, description=description)
         self.events.emit("proposal_ready", exp.id, description=description, commit=commit,
                          lines_added=added, lines_removed=removed)
         return None
@@ -588,11 +621,16 @@ class Engine:
         started = time.time()
         exp.meta["training_started_at"] = started
         exp.save()
-        self.state.update_experiment(training_started_at=started)
-        self.events.emit("training_started", exp.id, commit=exp.meta["commit"])
+        self._show(training_started_at=started)
+
+        def on_start(pid: int) -> None:
+            # the child is in engine.json before anyone hears that training started (recovery relies on it)
+            self._child_started(pid)
+            self.events.emit("training_started", exp.id, commit=exp.meta["commit"], pid=pid)
+
         result = self.runner.train([exp.dir / "train.log", self.ws.run_log], exp.dir / "metrics.json",
-                                   cancel=self._cancel, on_start=self._child_started)
-        self.state.update(child=None)
+                                   cancel=self._cancel, on_start=on_start)
+        self._show(child=None)
         exp.timings["train_s"] = time.monotonic() - t0
         exp.meta["metrics"] = result.metrics
         commit = exp.meta["commit"]

@@ -1,15 +1,15 @@
-"""GPU monitor over NVML (per-GPU memory, utilisation, temperature, power) and process memory via /proc."""
+"""GPU monitor over NVML: per-GPU memory, utilisation, temperature, power, and the trainer's own GPU memory."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable
 
 MB = 1024 * 1024
+
+
 
 
 @dataclass(frozen=True)
@@ -76,11 +76,15 @@ class GpuMonitor:
             self._nvml.nvmlInit()
         except ImportError:
             return self._fail("nvidia-ml-py is not installed")
-        except Exception as e:  # NVMLError and its subclasses (library missing, driver not loaded, ...)
+        except self._nvml_error() as e:  # library missing, driver not loaded, ...
             return self._fail(_nvml_reason(e))
         self._initialised = True
         self._failed_reason = None
         return None
+
+    def _nvml_error(self) -> type[Exception]:
+        """NVML's exception class (pynvml.NVMLError, or an injected module's)."""
+        return getattr(self._nvml, "NVMLError", None) or Exception
 
     def _fail(self, reason: str) -> str:
         self._failed_reason = reason
@@ -94,9 +98,10 @@ class GpuMonitor:
             if reason is not None:
                 return unavailable(reason)
             nv = self._nvml
+            err = self._nvml_error()
             try:
                 count = nv.nvmlDeviceGetCount()
-            except Exception as e:
+            except err as e:
                 return unavailable(_nvml_reason(e))
             if count == 0:
                 return unavailable("no NVIDIA GPU")
@@ -105,29 +110,30 @@ class GpuMonitor:
             for i in range(count):
                 try:
                     handle = nv.nvmlDeviceGetHandleByIndex(i)
-                except Exception:
+                except err:
                     gpus.append(GpuInfo(index=i, name="unknown"))
                     continue
                 gpus.append(self._read(nv, i, handle, wanted))
             return GpuSample(available=True, gpus=tuple(gpus))
 
     def _read(self, nv, index: int, handle, pids: set[int]) -> GpuInfo:
-        name = _try(lambda: nv.nvmlDeviceGetName(handle))
+        err = self._nvml_error()
+        name = _try(lambda: nv.nvmlDeviceGetName(handle), err)
         if isinstance(name, bytes):
             name = name.decode("utf-8", "replace")
         mem = None
         if hasattr(nv, "nvmlMemory_v2"):
             # v2 reports `used` without the driver's reservation, as nvidia-smi does (v1 adds ~600 MiB on an H200)
-            mem = _try(lambda: nv.nvmlDeviceGetMemoryInfo(handle, version=nv.nvmlMemory_v2))
+            mem = _try(lambda: nv.nvmlDeviceGetMemoryInfo(handle, version=nv.nvmlMemory_v2), err)
         if mem is None:
-            mem = _try(lambda: nv.nvmlDeviceGetMemoryInfo(handle))
-        util = _try(lambda: nv.nvmlDeviceGetUtilizationRates(handle))
-        temp = _try(lambda: nv.nvmlDeviceGetTemperature(handle, getattr(nv, "NVML_TEMPERATURE_GPU", 0)))
-        power = _try(lambda: nv.nvmlDeviceGetPowerUsage(handle))
-        limit = _try(lambda: nv.nvmlDeviceGetEnforcedPowerLimit(handle))
+            mem = _try(lambda: nv.nvmlDeviceGetMemoryInfo(handle), err)
+        util = _try(lambda: nv.nvmlDeviceGetUtilizationRates(handle), err)
+        temp = _try(lambda: nv.nvmlDeviceGetTemperature(handle, getattr(nv, "NVML_TEMPERATURE_GPU", 0)), err)
+        power = _try(lambda: nv.nvmlDeviceGetPowerUsage(handle), err)
+        limit = _try(lambda: nv.nvmlDeviceGetEnforcedPowerLimit(handle), err)
         proc_mb = None
         if pids:
-            procs = _try(lambda: nv.nvmlDeviceGetComputeRunningProcesses(handle))
+            procs = _try(lambda: nv.nvmlDeviceGetComputeRunningProcesses(handle), err)
             if procs is not None:
                 used = [p.usedGpuMemory for p in procs if getattr(p, "pid", None) in pids]
                 # usedGpuMemory is None when the driver hides it (e.g. inside some containers)
@@ -148,15 +154,16 @@ class GpuMonitor:
     def close(self) -> None:
         with self._lock:
             if self._initialised:
-                _try(self._nvml.nvmlShutdown)
+                _try(self._nvml.nvmlShutdown, self._nvml_error())
                 self._initialised = False
 
 
-def _try(fn):
-    """One NVML field: a field the device does not support is None, not a failed sample."""
+def _try(fn, error: type[Exception] = Exception):
+    """One NVML field: a field the device does not support is None, not a failed sample. `error` is NVML's
+    exception class; AttributeError/TypeError cover an older nvidia-ml-py without the call or argument."""
     try:
         return fn()
-    except Exception:
+    except (error, AttributeError, TypeError):
         return None
 
 
@@ -168,63 +175,3 @@ def _nvml_reason(e: Exception) -> str:
     if "driver not loaded" in low:
         return "NVIDIA driver not loaded"
     return f"NVML unavailable: {text}"
-
-
-# --- process memory (the no-GPU state, Apple MPS and CPU runs) ---
-
-def process_rss_mb(pid: int, proc: Path = Path("/proc")) -> float | None:
-    """Resident memory of one process in MiB, from /proc/<pid>/status; None if it is gone or unreadable."""
-    try:
-        with open(proc / str(pid) / "status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmRSS:"):
-                    return int(line.split()[1]) / 1024.0  # the kernel reports kB
-    except (OSError, ValueError, IndexError):
-        return None
-    return None  # a zombie has no VmRSS line
-
-
-def child_pids(proc: Path = Path("/proc")) -> dict[int, list[int]]:
-    """parent pid -> child pids, from one scan of /proc/*/stat."""
-    children: dict[int, list[int]] = {}
-    try:
-        entries = os.listdir(proc)
-    except OSError:
-        return children
-    for name in entries:
-        if not name.isdigit():
-            continue
-        try:
-            with open(proc / name / "stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        # the command name (field 2) may hold spaces and parentheses: parse after the last ')'
-        rest = data[data.rfind(b")") + 2:].split()
-        if len(rest) < 2:
-            continue
-        children.setdefault(int(rest[1]), []).append(int(name))
-    return children
-
-
-def descendant_pids(pid: int, proc: Path = Path("/proc")) -> list[int]:
-    """All live descendants of pid (children, grandchildren, ...)."""
-    tree = child_pids(proc)
-    out: list[int] = []
-    stack = list(tree.get(pid, ()))
-    while stack:
-        p = stack.pop()
-        out.append(p)
-        stack.extend(tree.get(p, ()))
-    return out
-
-
-def process_tree_rss_mb(pid: int, include_self: bool = True, proc: Path = Path("/proc")) -> float | None:
-    """RSS of pid and its descendants in MiB (the trainer runs as a child of the engine); None if pid is gone."""
-    own = process_rss_mb(pid, proc)
-    if own is None:
-        return None
-    total = own if include_self else 0.0
-    for child in descendant_pids(pid, proc):
-        total += process_rss_mb(child, proc) or 0.0
-    return total

@@ -10,9 +10,9 @@ from typing import Callable
 from . import ledger
 from .errors import UserError
 from .events import EventLog
+from .procs import kill_group, pid_alive
 from .ratchet import Ratchet, experiment_ref
-from .runner import kill_group
-from .state import pid_alive, process_start_time
+from .status import EngineStatus
 from .validate import PERSON_FILES
 from .workspace import EDITABLE_FILE, Workspace, atomic_write_json, read_json
 
@@ -38,16 +38,15 @@ def check_clean_tree(rat: Ratchet) -> None:
 
 def kill_orphan(ws: Workspace, log: Callable[[str], None]) -> None:
     """A trainer or agent left running by a dead engine would hold the GPU: stop its process group."""
-    st = read_json(ws.engine_json, None)
-    if not isinstance(st, dict) or st.get("hostname") not in (None, socket.gethostname()):
+    st = EngineStatus.from_json(read_json(ws.engine_json, None))
+    if st is None or st.hostname not in (None, socket.gethostname()):
         return
-    if pid_alive(st.get("pid")) and st.get("pid") != os.getpid():
-        return  # the engine is alive (the lock says otherwise only in a race); leave its child alone
-    child = st.get("child") or {}
-    pid, start = child.get("pid"), child.get("start_time")
-    if isinstance(pid, int) and pid_alive(pid) and start is not None and process_start_time(pid) == start:
-        log(f"autoresearch: stopping process group {pid} left running by the interrupted engine.")
-        kill_group(pid)
+    if pid_alive(st.pid) and st.pid != os.getpid():
+        return  # the engine is alive (the lock says otherwise only in a race); leave its children alone
+    for child in st.children():
+        if child.start_time is not None and child.alive():
+            log(f"autoresearch: stopping process group {child.pid} left running by the interrupted engine.")
+            kill_group(child.pid)
 
 
 def undecided_experiments(ws: Workspace) -> list[tuple[str, dict]]:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from collections import deque
 from pathlib import Path
 
+from . import pyconst
 from .errors import UserError
 from .profiles import DEFAULT_PROFILE, TRAIN_KNOBS, Profile, get_profile
 from .profiles import PROFILES as _PROFILES
@@ -26,21 +26,6 @@ VOCAB_SIZE = {VOCAB_SIZE}  # BPE vocabulary size, 4 special tokens included
 DATASET = {DATASET}  # data source: climbmix, fineweb-edu, tinystories, pystdlib or a folder path
 PROFILE = {PROFILE}  # hardware profile these values came from (see core/profiles.py)
 '''
-
-
-def _literal(value, name: str = "") -> str:
-    """Python source for a constant as upstream writes them: EVAL_TOKENS as N * 524288, token counts that are
-    powers of two as 2**n, strings double-quoted."""
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if name == "EVAL_TOKENS" and isinstance(value, int) and value >= 524288 and value % 524288 == 0:
-        return f"{value // 524288} * 524288"
-    if name in ("TOTAL_BATCH_SIZE", "EVAL_TOKENS") and isinstance(value, int) and value >= 1024 \
-            and value & (value - 1) == 0:
-        return f"2**{value.bit_length() - 1}"
-    return repr(value)
 
 
 def resolve_dataset(dataset: str | None) -> str:
@@ -74,13 +59,12 @@ def _sized(profile: Profile, seq_len: int | None) -> dict:
 
 
 def _rewrite_knobs(text: str, knobs: dict) -> str:
-    """Replace the value of each top-level `NAME = value  # comment` line, keeping the comment."""
-    missing = []
-    for name, value in knobs.items():
-        pattern = re.compile(rf'^({name}\s*=\s*)("[^"\n]*"|\'[^\'\n]*\'|[^#\n]*?)(\s*#[^\n]*)?$', re.M)
-        text, n = pattern.subn(lambda m, v=value, n=name: m.group(1) + _literal(v, n) + (m.group(3) or ""), text, count=1)
-        if not n:
-            missing.append(name)
+    """Replace the value of each top-level `NAME = value  # comment` line of train.py, keeping the comment."""
+    try:
+        text, missing = pyconst.rewrite(text, {k: pyconst.source_text(v, k) for k, v in knobs.items()})
+    except SyntaxError as e:
+        raise UserError(f"train.py does not parse (line {e.lineno}: {e.msg}); fix it or restore it from the "
+                        "project's train.py, then run setup again.") from None
     if missing:
         raise UserError(f"train.py has no top-level line `{missing[0]} = ...` (needed: {', '.join(TRAIN_KNOBS)}); "
                         "restore it from the project's train.py and run setup again.")
@@ -118,8 +102,8 @@ def apply_profile(ws_root, profile: str = DEFAULT_PROFILE, dataset: str | None =
         constants["TIME_BUDGET"] = int(time_budget) if time_budget.is_integer() else time_budget
     knobs = _sized(prof, seq_len)
     new_train = _rewrite_knobs(train_text, knobs)
-    values = {k: _literal(v, k) for k, v in constants.items()}
-    values.update(DATASET=_literal(dataset), PROFILE=_literal(prof.name))
+    values = {k: pyconst.source_text(v, k) for k, v in constants.items()}
+    values.update(DATASET=pyconst.source_text(dataset), PROFILE=pyconst.source_text(prof.name))
     (root / "constants.py").write_text(CONSTANTS_TEMPLATE.format(**values), encoding="utf-8")
     if new_train != train_text:
         train_path.write_text(new_train, encoding="utf-8")

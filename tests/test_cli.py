@@ -13,7 +13,7 @@ from engine_fixtures import ROOT, cli, cli_env, git, make_workspace, meta, read_
 from core import control
 from core.config import LoopConfig, default_tag, resolve
 from core.errors import UserError
-from core.state import EngineLock
+from core.lock import EngineLock
 from core.workspace import Workspace
 
 

@@ -21,7 +21,7 @@ from engine_fixtures import (
 )
 
 from core import control
-from core.state import pid_alive
+from core.procs import pid_alive
 from core.workspace import Workspace
 
 
@@ -57,7 +57,7 @@ def test_detached_engine_pause_resume_abort_stop_and_sigterm(tmp_path):
     wait_for(lambda: pidfile.exists() and pidfile.read_text(), what="grandchild")
     grandchild = int(pidfile.read_text())
     st = json.loads(cli("-C", str(ws.root), "status", "--json").stdout)
-    assert st["alive"] and st["phase"] == "training" and st["experiment"]["id"] == "0001"
+    assert st["alive"] and st["phase"] == "training" and st["slots"][0]["experiment"] == "0001"
     r = cli("-C", str(ws.root), "abort")
     assert r.returncode == 0, r.stderr
     ev = wait_event(ws, "experiment_finished", id="0001")
@@ -75,7 +75,7 @@ def test_detached_engine_pause_resume_abort_stop_and_sigterm(tmp_path):
     wait_for(lambda: engine_json(ws)["status"] == "paused" and engine_json(ws)["phase"] == "idle", what="holding")
     n = len(finished(ws))
     time.sleep(1.0)  # it holds: nothing new starts while paused
-    assert len(finished(ws)) == n and engine_json(ws)["experiment"] is None
+    assert len(finished(ws)) == n and not any(s["experiment"] for s in engine_json(ws)["slots"])
 
     # stop during training: the current experiment finishes normally, then the engine exits
     set_fake(ws, sleep=1.5)

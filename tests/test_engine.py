@@ -13,8 +13,8 @@ from core.config import LoopConfig
 from core.engine import Engine, decide, find_best, next_experiment_id
 from core.errors import UserError
 from core.ledger import read as read_ledger
+from core.procs import pid_alive
 from core.ratchet import Ratchet
-from core.state import pid_alive
 
 
 def run_engine(ws, plans, max_experiments, **cfg):

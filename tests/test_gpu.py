@@ -90,17 +90,17 @@ def test_real_pynvml_never_raises():
 
 
 def test_process_rss_and_tree():
-    assert gpu.process_rss_mb(os.getpid()) > 1
-    assert gpu.process_rss_mb(2**22 + 12345) is None
+    from core import procs
+    assert procs.rss_mb(os.getpid()) > 1
+    assert procs.rss_mb(2**22 + 12345) is None
     code = "import sys; b = b'x' * (64 * 2**20); print('ready', flush=True); sys.stdin.read()"
     child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         assert child.stdout.readline().strip() == b"ready"  # the 64 MiB are allocated and touched
-        assert child.pid in gpu.descendant_pids(os.getpid())
-        own = gpu.process_rss_mb(os.getpid())
-        tree = gpu.process_tree_rss_mb(os.getpid())
-        assert tree >= own + 64
-        assert gpu.process_tree_rss_mb(os.getpid(), include_self=False) >= 64
+        assert child.pid in procs.descendants(os.getpid())
+        assert procs.tree_rss_mb([child.pid]) >= 64
+        mem = procs.machine_memory()
+        assert mem is not None and 0 < mem.used_mb < mem.total_mb
     finally:
         child.communicate(b"")
 

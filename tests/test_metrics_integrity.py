@@ -2,7 +2,7 @@
 
 import json
 
-from core.runner import expected_eval_constants, parse_metrics
+from core.training import expected_eval_constants, parse_metrics
 
 
 def test_constants_mismatch_is_refused(tmp_path):

@@ -200,7 +200,8 @@ def test_parse_description(desc, key):
 def test_form_feeds_and_crlf_do_not_shift_the_edited_line():
     import ast
 
-    from core.agents.mutate import apply, parse_constants
+    from core.agents.mutate import parse_constants
+    from core.pyconst import replace as apply
     for nl in ("\n", "\r\n"):
         src = nl.join(["X = 1", "\x0c", "MATRIX_LR = 0.04  # lr", "DEPTH = 8  # layers", ""])
         const = parse_constants(src)["MATRIX_LR"]

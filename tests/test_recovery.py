@@ -29,9 +29,9 @@ from core.config import LoopConfig
 from core.engine import Engine
 from core.errors import UserError
 from core.events import EventLog
+from core.procs import pid_alive
 from core.ratchet import Ratchet
 from core.recovery import recover
-from core.state import pid_alive
 from core.workspace import atomic_write_json
 
 
@@ -53,7 +53,7 @@ def test_kill_9_during_training_then_restart(tmp_path):
     p = engine_proc(ws, agent_cmd)
     wait_event(ws, "training_started", id="0003", timeout=60)
     st = json.loads(ws.engine_json.read_text())
-    trainer = st["child"]["pid"]
+    trainer = st["slots"][0]["child"]["pid"]  # named in engine.json before training_started is emitted
     assert pid_alive(trainer)
     assert git(ws.root, "rev-parse", "HEAD") == meta(ws, "0003")["commit"]  # the branch is mid-experiment
     p.send_signal(signal.SIGKILL)

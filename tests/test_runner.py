@@ -10,17 +10,10 @@ from pathlib import Path
 
 from engine_fixtures import FAKE_PREPARE, FAKE_TRAIN, wait_for
 
-from core.runner import (
-    LineTail,
-    LocalRunner,
-    default_timeout,
-    parse_metrics,
-    read_constant,
-    read_time_budget,
-    run,
-    split_progress,
-)
-from core.state import pid_alive
+from core.procs import pid_alive
+from core.pyconst import read_one as read_constant
+from core.runner import LineTail, run, split_progress
+from core.training import LocalRunner, default_timeout, parse_metrics, read_time_budget
 
 # spawns a grandchild in the same process group, writes its pid, then hangs
 SPAWNER = r"""
@@ -211,7 +204,7 @@ def test_a_failing_output_callback_neither_aborts_the_run_nor_leaves_the_group_r
 
 
 def test_the_trainer_gets_no_api_keys():
-    from core.runner import trainer_env
+    from core.training import trainer_env
     env = trainer_env({"PATH": "/bin", "ANTHROPIC_API_KEY": "sk-x", "OPENAI_API_KEY": "k", "GH_TOKEN": "t",
                        "CUDA_VISIBLE_DEVICES": "0"})
     assert env == {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "0"}

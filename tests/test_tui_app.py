@@ -187,7 +187,7 @@ async def test_idea_key_queues_an_idea(tmp_path):
 
 
 async def test_edit_key_runs_the_editor_on_program_md(tmp_path):
-    root = make_workspace(tmp_path / "ws")
+    root = make_workspace(tmp_path / "ws", engine="stopped")  # no engine: the file itself is edited
     editor = tmp_path / "fake-editor"
     editor.write_text("#!/bin/sh\necho 'Prefer simpler models.' >> \"$1\"\n")
     editor.chmod(0o755)
@@ -203,10 +203,11 @@ async def test_edit_with_a_live_engine_hands_the_directives_to_the_engine(tmp_pa
     """While an engine runs, the edit goes through core.control.submit_program: an edit that landed in
     program.md during a proposal would be taken for the agent's and rejected."""
     from core import control
-    from core.state import EngineLock
+    from core.lock import EngineLock
     from core.workspace import Workspace
 
-    root = make_workspace(tmp_path / "ws")
+    root = make_workspace(tmp_path / "ws", engine="stopped")
+    write_engine(root, status="running", pid=os.getpid())  # the lock is taken below, as the engine does
     ws = Workspace(root)
     editor = tmp_path / "fake-editor"
     editor.write_text("#!/bin/sh\necho 'Prefer simpler models.' >> \"$1\"\n")

@@ -8,6 +8,8 @@ import pytest
 
 from core.errors import UserError
 from core.ledger import Row
+from core.status import STALE_AFTER_S
+from core.workspace import Workspace
 from tests.tui_fixtures import T0, big_results, make_upstream_repo, make_workspace, write_engine
 from tui.state import UPSTREAM, WORKSPACE, StateReader, build_rows, classify, parse_engine, read_experiment, tail_bytes
 from tui.widgets.results import filter_rows
@@ -26,8 +28,8 @@ def test_snapshot_of_a_workspace(tmp_path):
     assert snap.rows[4].gain == pytest.approx(0.9902 - 0.995)
     e = snap.engine
     assert (e.status, e.phase, e.tag, e.agent) == ("running", "training", "nov26", "mutate")
-    assert e.experiment.id == "0008" and e.experiment.time_budget == 300
-    assert snap.current is e.experiment
+    cur = snap.current
+    assert cur.id == "0008" and cur.time_budget == 300 and cur == e.current()
     assert snap.last_event["type"] == "experiment_finished"
 
 
@@ -38,19 +40,22 @@ def test_engine_liveness(tmp_path):
     write_engine(root, status="stopped")
     assert not StateReader(root).load().engine_alive
     # an engine on another host (shared filesystem): alive while its heartbeat is fresh
-    e = parse_engine({"pid": 1, "hostname": "elsewhere", "status": "running", "updated_at": T0}, now=T0 + 10)
-    assert e.alive
-    e = parse_engine({"pid": 1, "hostname": "elsewhere", "status": "running", "updated_at": T0}, now=T0 + 1000)
-    assert not e.alive
+    ws = Workspace(root)
+    other = {"pid": 1, "hostname": "elsewhere", "status": "running", "heartbeat_at": T0}
+    assert parse_engine(other, ws, now=T0 + 10).alive
+    assert parse_engine(other, ws, now=T0 + STALE_AFTER_S - 1).alive  # the engine beats every HEARTBEAT_S
+    assert not parse_engine(other, ws, now=T0 + STALE_AFTER_S + 1).alive
 
 
 def test_garbage_engine_json_never_crashes(tmp_path):
-    assert parse_engine(None, T0) is None and parse_engine([1, 2], T0) is None
-    e = parse_engine({"pid": "x", "status": None, "experiment": {"id": 3, "time_budget": "soon"},
-                      "best": "nope", "experiments_done": True}, T0)
-    assert e.pid is None and e.status == "stopped" and e.experiment.id == "3" and e.experiment.time_budget is None
-    assert e.best_val_bpb is None and e.experiments_done is None and not e.alive
     root = make_workspace(tmp_path / "ws")
+    ws = Workspace(root)
+    assert parse_engine(None, ws, T0) is None and parse_engine([1, 2], ws, T0) is None
+    e = parse_engine({"pid": "x", "status": None, "slots": [{"id": 0, "experiment": 3, "time_budget": "soon"}, 7],
+                      "proposals": "no", "best": "nope", "experiments_done": True}, ws, T0)
+    assert e.pid is None and e.status == "stopped" and not e.alive
+    assert e.slots[0].experiment == "3" and e.slots[0].time_budget is None and len(e.slots) == 1
+    assert e.best is None and e.experiments_done == 0 and e.proposals == ()
     (root / ".autoresearch" / "engine.json").write_text('{"pid": 12, "sta')  # half-written by hand
     snap = StateReader(root).load()
     assert snap.engine is None and len(snap.rows) == 7
@@ -59,9 +64,12 @@ def test_garbage_engine_json_never_crashes(tmp_path):
 def test_hostile_experiment_ids_are_dropped(tmp_path):
     # ids name folders (experiments/<id>/) and appear on screen: no "../", no escapes, no markup
     for bad in ("../../etc", "00\x1b[2J01", "[bold]7[/bold]", "", "a" * 41, "..", "0001/x"):
-        assert parse_engine({"status": "running", "experiment": {"id": bad}}, T0).experiment is None
+        e = parse_engine({"status": "running", "slots": [{"id": "0", "experiment": bad}],
+                          "proposals": [{"id": bad}]}, Workspace(tmp_path), T0)
+        assert e.current() is None and e.proposals == ()
         assert read_experiment(tmp_path, bad).meta == {}
-    assert parse_engine({"status": "running", "experiment": {"id": "0012"}}, T0).experiment.id == "0012"
+    e = parse_engine({"status": "running", "slots": [{"id": "0", "experiment": "0012"}]}, Workspace(tmp_path), T0)
+    assert e.current().id == "0012"
     rows = build_rows([Row("abc1234", 1.0, 1.0, "keep", "a"), Row("def5678", 0.9, 1.0, "keep", "b")],
                       [("../x", "abc1234", "keep"), ("0002", "def5678", "keep")])
     assert [r.exp_id for r in rows] == [None, "0002"]

@@ -57,8 +57,8 @@ def test_gauge_pieces():
 
 
 def test_countdown():
-    from tui.state import CurrentExperiment
-    cur = CurrentExperiment(id="0001", started_at=100.0, training_started_at=160.0, time_budget=300.0)
+    from core.status import Current
+    cur = Current(id="0001", phase="training", started_at=100.0, training_started_at=160.0, time_budget=300.0)
     assert countdown(cur, "training", 220.0) == "4:00 left"
     assert countdown(cur, "training", 470.0) == "finishing +0:10"
     assert "over" not in countdown(cur, "training", 4000.0) and "-" not in countdown(cur, "training", 4000.0)

@@ -56,22 +56,39 @@ def results_text(experiments=EXPERIMENTS, shas=None) -> str:
     return "\n".join(lines) + "\n"
 
 
+_LOCKS: dict = {}  # workspace -> EngineLock held by this test process, so the engine.json it writes reads as alive
+
+
 def write_engine(root: Path, *, status="running", phase="training", pid=None, exp_id="0008",
                  description="try [bold]GELU[/bold] \x1b[2J", training_started_at=T0 - 60, time_budget=300.0,
-                 hostname=None, best=0.9875, baseline=1.0) -> None:
+                 hostname=None, best=0.9875, baseline=1.0, updated_at=T0) -> None:
+    """engine.json as the engine writes it (core.status), for a live engine (this process, holding the lock)."""
     import socket
+
+    from core.lock import EngineLock
+    from core.status import Best, EngineStatus, Proposal, SlotRun
+    from core.workspace import Workspace
+
     state = root / ".autoresearch"
     state.mkdir(parents=True, exist_ok=True)
-    data = {
-        "pid": pid if pid is not None else os.getpid(), "hostname": hostname or socket.gethostname(),
-        "status": status, "phase": phase, "tag": "nov26", "branch": "autoresearch/nov26", "agent": "mutate",
-        "experiment": None if exp_id is None else {
-            "id": exp_id, "commit": _sha(int(exp_id)), "description": description, "started_at": T0 - 90,
-            "training_started_at": training_started_at, "time_budget": time_budget},
-        "best": {"commit": _sha(7), "val_bpb": best}, "baseline_val_bpb": baseline,
-        "experiments_done": 7, "max_experiments": None, "updated_at": T0,
-    }
-    (state / "engine.json").write_text(json.dumps(data))
+    slots = (SlotRun("0", label="slot 0"),)
+    proposals = ()
+    if exp_id is not None and phase in ("proposing", "validating"):
+        proposals = (Proposal(exp_id, base=_sha(7), state=phase, description=description, started_at=T0 - 90),)
+    elif exp_id is not None:
+        slots = (SlotRun("0", label="slot 0", phase="training" if phase == "training" else "recording",
+                         experiment=exp_id, commit=_sha(int(exp_id)), description=description, started_at=T0 - 90,
+                         training_started_at=training_started_at, time_budget=time_budget),)
+    st = EngineStatus(pid=pid if pid is not None else os.getpid(), hostname=hostname or socket.gethostname(),
+                      status=status, phase=phase, tag="nov26", branch="autoresearch/nov26", agent="mutate",
+                      best=Best(_sha(7), best), baseline_val_bpb=baseline, experiments_done=7, updated_at=updated_at,
+                      heartbeat_at=updated_at, slots=slots, proposals=proposals)
+    (state / "engine.json").write_text(json.dumps(st.to_json()))
+    key = str(root.resolve())
+    if status != "stopped" and pid is None and key not in _LOCKS:
+        _LOCKS[key] = EngineLock(Workspace(root.resolve())).acquire()
+    elif (status == "stopped" or pid is not None) and key in _LOCKS:
+        _LOCKS.pop(key).release()
 
 
 def make_workspace(root: Path, *, engine: str | None = "running", phase: str = "training", experiments=EXPERIMENTS,

@@ -197,7 +197,7 @@ class DashboardApp(App):
 
     # --- GPU ---
     def _sample_gpu(self) -> GpuSampled:
-        from core import gpu
+        from core import gpu, procs
         if self.gpu_monitor is None:
             self.gpu_monitor = gpu.GpuMonitor()
         snap = self.snapshot
@@ -207,15 +207,15 @@ class DashboardApp(App):
         if engine_pid:
             # a scan of every /proc/*/stat is most of an idle dashboard's CPU: reuse the tree for a few
             # seconds unless the engine reports another child (a new trainer or agent)
-            key = (engine_pid, snap.engine.child_pid)
+            key = (engine_pid, tuple(c.pid for c in snap.engine.children()))
             now = time.monotonic()
             if key != self._pid_key or now - self._pid_scan_at >= PID_SCAN_S:
-                self._pids = gpu.descendant_pids(engine_pid)
+                self._pids = procs.descendants(engine_pid)
                 self._pid_key, self._pid_scan_at = key, now
-            pids = [p for p in self._pids if os.path.exists(f"/proc/{p}")]
-            engine = gpu.process_rss_mb(engine_pid)
+            pids = [p for p in self._pids if procs.pid_alive(p)]
+            engine = procs.rss_mb(engine_pid)
             if pids:
-                trainer = sum(gpu.process_rss_mb(p) or 0.0 for p in pids)
+                trainer = procs.tree_rss_mb(pids)
         sample = self.gpu_monitor.sample(pids=pids)
         return GpuSampled(sample, trainer, engine)
 
@@ -308,7 +308,7 @@ class DashboardApp(App):
         from textual.app import SuspendNotSupported
 
         from core import control
-        from core.state import running_engine
+        from core.status import running_engine
         path = self.root / "program.md"
         ws = self._workspace()
         via_engine = running_engine(ws) is not None

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import re
-import socket
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -13,7 +12,7 @@ from pathlib import Path
 
 from core import ledger as ledger_mod
 from core.errors import UserError
-from core.state import pid_alive
+from core.status import Current, EngineStatus, clean_id, is_alive
 from core.workspace import Workspace, read_json
 
 WORKSPACE = "workspace"  # an autoresearch workspace: the dashboard can steer its engine
@@ -36,39 +35,6 @@ def classify(root: Path) -> str:
 
 
 # --- the snapshot ---
-
-@dataclass(frozen=True)
-class CurrentExperiment:
-    id: str
-    commit: str | None = None
-    description: str = ""
-    started_at: float | None = None
-    training_started_at: float | None = None
-    time_budget: float | None = None
-
-
-@dataclass(frozen=True)
-class EngineState:
-    """engine.json, defensively typed (a hand-edited or half-written file must not crash the UI)."""
-
-    pid: int | None = None
-    hostname: str | None = None
-    status: str = "stopped"  # running | paused | stopping | stopped
-    phase: str = "idle"  # idle | proposing | validating | training | recording
-    tag: str | None = None
-    branch: str | None = None
-    agent: str | None = None
-    experiment: CurrentExperiment | None = None
-    best_commit: str | None = None
-    best_val_bpb: float | None = None
-    baseline_val_bpb: float | None = None
-    experiments_done: int | None = None
-    max_experiments: int | None = None
-    updated_at: float | None = None
-    message: str | None = None  # why the engine last stopped (not in the documented contract: optional)
-    child_pid: int | None = None  # the running trainer/agent subprocess, if the engine says
-    alive: bool = False  # the process named by pid is running and the status is not "stopped"
-
 
 @dataclass(frozen=True)
 class Experiment:
@@ -99,7 +65,7 @@ class Experiment:
 class Snapshot:
     root: Path
     mode: str
-    engine: EngineState | None = None
+    engine: EngineStatus | None = None
     rows: tuple[Experiment, ...] = ()
     warning: str | None = None
     best: float | None = None
@@ -120,8 +86,8 @@ class Snapshot:
         return bool(self.engine and self.engine.alive)
 
     @property
-    def current(self) -> CurrentExperiment | None:
-        return self.engine.experiment if self.engine_alive else None
+    def current(self) -> Current | None:
+        return self.engine.current() if self.engine_alive else None
 
     def row_by_id(self, exp_id: str) -> Experiment | None:
         for r in reversed(self.rows):
@@ -130,69 +96,12 @@ class Snapshot:
         return None
 
 
-# --- small typed readers ---
-
-def _f(v) -> float | None:
-    try:
-        return float(v) if v is not None and not isinstance(v, bool) else None
-    except (TypeError, ValueError):
+def parse_engine(data, ws: Workspace, now: float) -> EngineStatus | None:
+    """engine.json as the typed model, with `alive` decided by the one rule in core.status."""
+    st = EngineStatus.from_json(data)
+    if st is None:
         return None
-
-
-def _i(v) -> int | None:
-    try:
-        return int(v) if v is not None and not isinstance(v, bool) else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _s(v) -> str | None:
-    return str(v) if v is not None else None
-
-
-# The engine writes ids like "0007". Anything else (a hand-edited or hostile engine.json/events.jsonl) is
-# dropped: ids become folder names (experiments/<id>/) and go on screen, so no "../", escapes or markup.
-SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,39}")
-
-
-def clean_id(v) -> str | None:
-    if v is None or isinstance(v, bool):
-        return None
-    s = str(v)
-    return s if SAFE_ID.fullmatch(s) and ".." not in s else None
-
-
-def parse_engine(data, now: float, hostname: str | None = None) -> EngineState | None:
-    if not isinstance(data, dict):
-        return None
-    exp = data.get("experiment")
-    current = None
-    if isinstance(exp, dict) and clean_id(exp.get("id")) is not None:
-        current = CurrentExperiment(
-            id=clean_id(exp.get("id")), commit=_s(exp.get("commit")), description=str(exp.get("description") or ""),
-            started_at=_f(exp.get("started_at")), training_started_at=_f(exp.get("training_started_at")),
-            time_budget=_f(exp.get("time_budget")))
-    best = data.get("best") if isinstance(data.get("best"), dict) else {}
-    child = data.get("child") if isinstance(data.get("child"), dict) else {}
-    status = str(data.get("status") or "stopped")
-    pid = _i(data.get("pid"))
-    host = _s(data.get("hostname"))
-    updated = _f(data.get("updated_at"))
-    me = hostname or socket.gethostname()
-    if status == "stopped":
-        alive = False
-    elif host and host != me:
-        # another box's engine (shared filesystem): we cannot signal it, so trust a recent heartbeat
-        alive = updated is not None and now - updated < 120
-    else:
-        alive = pid_alive(pid)
-    return EngineState(
-        pid=pid, hostname=host, status=status, phase=str(data.get("phase") or "idle"), tag=_s(data.get("tag")),
-        branch=_s(data.get("branch")), agent=_s(data.get("agent")), experiment=current,
-        best_commit=_s(best.get("commit")), best_val_bpb=_f(best.get("val_bpb")),
-        baseline_val_bpb=_f(data.get("baseline_val_bpb")), experiments_done=_i(data.get("experiments_done")),
-        max_experiments=_i(data.get("max_experiments")), updated_at=updated, message=_s(data.get("message")),
-        child_pid=_i(child.get("pid")), alive=alive)
+    return dataclasses.replace(st, alive=is_alive(st, ws, now))
 
 
 def git_branch(root: Path) -> str | None:
@@ -248,7 +157,6 @@ class StateReader:
         self.ws = Workspace(Path(root))
         self.mode = mode or classify(self.ws.root)
         self.clock = clock
-        self._hostname = socket.gethostname()
         self._ledger_key = None
         self._ledger: ledger_mod.Ledger = ledger_mod.Ledger()
         self._events_key = None
@@ -269,7 +177,7 @@ class StateReader:
     def load(self) -> Snapshot:
         ws = self.ws
         now = self.clock()
-        engine = parse_engine(read_json(ws.engine_json), now, self._hostname) if self.mode == WORKSPACE else None
+        engine = parse_engine(read_json(ws.engine_json), ws, now) if self.mode == WORKSPACE else None
         self._read_ledger()
         self._read_events()
         rows_key = (self._ledger_key, len(self._finished))
@@ -286,8 +194,8 @@ class StateReader:
         baseline = next((r.val_bpb for r in rows if r.val_bpb is not None), None)
         if engine is not None:
             # the engine knows its best/baseline even before results.tsv has a row for them
-            if best is None and engine.best_val_bpb is not None:
-                best, best_commit = engine.best_val_bpb, engine.best_commit
+            if best is None and engine.best is not None:
+                best, best_commit = engine.best.val_bpb, engine.best.commit
             if baseline is None and engine.baseline_val_bpb is not None:
                 baseline = engine.baseline_val_bpb
         ideas = 0

@@ -22,6 +22,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import pyconst
+from ..pyconst import Constant
 from ..workspace import STATE_DIR
 from .base import Agent, AgentContext
 
@@ -69,16 +71,6 @@ class MutateError(Exception):
     """Nothing sensible to propose (no known constants, or every change was tried)."""
 
 
-@dataclass
-class Constant:
-    name: str
-    value: object  # the evaluated literal
-    text: str  # source text of the value
-    line_no: int  # 1-based
-    col: int  # byte offsets of the value inside its line
-    end_col: int
-
-
 @dataclass(frozen=True)
 class Change:
     name: str
@@ -98,22 +90,6 @@ class Change:
 
 # --- parsing -----------------------------------------------------------------------------------
 
-def _literal(node: ast.AST):
-    """ast.literal_eval plus the integer arithmetic people write in constants (2**19, 64 * 1024)."""
-    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Pow, ast.Mult, ast.Add, ast.Sub)):
-        a, b = _literal(node.left), _literal(node.right)
-        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (a, b)):
-            raise ValueError("not numeric")
-        if isinstance(node.op, ast.Pow):
-            if abs(b) > 64:  # a typo like 2**1900 must not hang the agent
-                raise ValueError("exponent too large")
-            return a ** b
-        if isinstance(node.op, ast.Mult):
-            return a * b
-        return a + b if isinstance(node.op, ast.Add) else a - b
-    return ast.literal_eval(node)
-
-
 def value_key(value) -> str:
     """Canonical text of a value, so that 2**19 and 524288, or 'SSL' and "SSL", compare equal."""
     if isinstance(value, bool):
@@ -130,63 +106,14 @@ def value_key(value) -> str:
 def text_key(text: str) -> str | None:
     """value_key of a value written as source text (from a description); None if it does not parse."""
     try:
-        return value_key(_literal(ast.parse(text.strip(), mode="eval").body))
-    except (SyntaxError, ValueError, TypeError):
+        return value_key(pyconst.literal(ast.parse(text.strip(), mode="eval").body))
+    except (SyntaxError, ValueError, TypeError, OverflowError):
         return None
 
 
 def parse_constants(source: str) -> dict[str, Constant]:
-    """Top-level single-line `NAME = literal` assignments of SPECS names (names assigned twice are skipped)."""
-    tree = ast.parse(source)
-    # split on "\n" only: str.splitlines() also breaks at form feeds and other separators that Python's
-    # parser does not count as line ends, which would shift the line numbers
-    lines = source.split("\n")
-    found: dict[str, Constant] = {}
-    seen_twice: set[str] = set()
-    for node in tree.body:
-        if isinstance(node, ast.AnnAssign) and node.value is not None:
-            targets, value = [node.target], node.value
-        elif isinstance(node, ast.Assign):
-            targets, value = node.targets, node.value
-        else:
-            continue
-        if len(targets) != 1 or not isinstance(targets[0], ast.Name):
-            continue
-        name = targets[0].id
-        if name not in SPECS:
-            continue
-        if name in found:
-            seen_twice.add(name)
-            continue
-        if value.lineno != value.end_lineno:
-            continue
-        try:
-            val = _literal(value)
-        except (ValueError, TypeError, SyntaxError):
-            continue
-        line_b = lines[value.lineno - 1].encode("utf-8")
-        text = line_b[value.col_offset:value.end_col_offset].decode("utf-8")
-        found[name] = Constant(name, val, text, value.lineno, value.col_offset, value.end_col_offset)
-    for name in seen_twice:
-        found.pop(name, None)
-    return found
-
-
-def read_int_constant(path: Path, name: str) -> int | None:
-    """A top-level integer constant of another file (MAX_SEQ_LEN from constants.py), or None."""
-    try:
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-    except (OSError, SyntaxError, ValueError):
-        return None
-    for node in tree.body:
-        if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
-                and node.targets[0].id == name):
-            try:
-                v = _literal(node.value)
-            except (ValueError, TypeError, SyntaxError):
-                return None
-            return v if isinstance(v, int) and not isinstance(v, bool) else None
-    return None
+    """The SPECS constants of train.py (see core.pyconst.parse)."""
+    return pyconst.parse(source, SPECS)
 
 
 # --- candidate changes -------------------------------------------------------------------------
@@ -366,14 +293,6 @@ def choose(cands: list[Change], history: list[Tried], seed: str, salt: str) -> C
     return rng.choices(fresh, weights=weights, k=1)[0]
 
 
-def apply(source: str, const: Constant, new_text: str) -> str:
-    """Replace the value of one constant in place; everything else (comment, spacing) stays byte-identical."""
-    lines = source.split("\n")  # as in parse_constants
-    line_b = lines[const.line_no - 1].encode("utf-8")
-    lines[const.line_no - 1] = (line_b[:const.col] + new_text.encode("utf-8") + line_b[const.end_col:]).decode("utf-8")
-    return "\n".join(lines)
-
-
 def propose(root: Path, seed: str = "0") -> tuple[str, Change]:
     """The new train.py text and the change, for the workspace at root (nothing is written)."""
     train = root / "train.py"
@@ -383,15 +302,20 @@ def propose(root: Path, seed: str = "0") -> tuple[str, Change]:
         raise MutateError(f"no train.py in {root}") from None
     try:
         consts = parse_constants(source)
+        consts_all = {k: c.value for k, c in pyconst.parse(source, ("MAX_SEQ_LEN",)).items()}
     except SyntaxError as e:
         raise MutateError(f"train.py does not parse (line {e.lineno}): fix it before running mutate") from None
     if not consts:
         raise MutateError("train.py has none of the constants mutate knows (" + ", ".join(SPECS) + ")")
-    seq_len = read_int_constant(root / "constants.py", "MAX_SEQ_LEN") or read_int_constant(train, "MAX_SEQ_LEN")
+    seq_len = _int(pyconst.read_one(root / "constants.py", "MAX_SEQ_LEN")) or _int(consts_all.get("MAX_SEQ_LEN"))
     history = read_history(root)
     salt = hashlib.sha256(source.encode("utf-8")).hexdigest()
     change = choose(candidates(consts, seq_len), history, seed, salt)
-    return apply(source, consts[change.name], change.new_text), change
+    return pyconst.replace(source, consts[change.name], change.new_text), change
+
+
+def _int(v) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
 class MutateAgent(Agent):

@@ -131,7 +131,7 @@ class DashboardScreen(Screen):
         self._update_log_title()
         # the footer is rebuilt on refresh_bindings: only when what check_action looks at has changed
         e = snap.engine
-        key = (snap.controllable, snap.engine_alive, e.status if e else None, bool(e and e.experiment))
+        key = (snap.controllable, snap.engine_alive, e.status if e else None, snap.current is not None)
         if key != self._bindings_key:
             self._bindings_key = key
             self.refresh_bindings()
@@ -157,7 +157,7 @@ class DashboardScreen(Screen):
         if action == "resume":
             return alive and e.status == "paused"
         if action == "abort":
-            return True if alive and e.experiment is not None and e.status != "stopping" else None
+            return True if alive and e.current() is not None and e.status != "stopping" else None
         if action == "start":
             return not alive and not self.app.starting and self.app.demo_ready
         if action == "edit":
@@ -173,7 +173,7 @@ class DashboardScreen(Screen):
     def action_abort(self) -> None:
         from .modals import ConfirmScreen
         snap = self.app.snapshot
-        cur = snap.engine.experiment if snap and snap.engine else None
+        cur = snap.current if snap else None
         what = f"experiment {cur.id}" if cur else "the running experiment"
         question = (f"Abort {what}? The run is killed now, train.py is reverted, the experiment is recorded "
                     "as a crash, and the engine holds until you resume (r).")
