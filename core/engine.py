@@ -7,14 +7,14 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from . import control, ledger
 from .config import LoopConfig
+from .decision import decide
 from .errors import UserError
-from .events import EventLog
+from .events import EventLog, read_finished
 from .lock import EngineLock
 from .procs import ProcessId
 from .ratchet import Ratchet, branch_name, experiment_ref, numstat
@@ -30,31 +30,6 @@ PROGRAM_MESSAGE = "program.md: directives updated"
 ABORTED = "aborted by user"
 STOPPED = "engine stopped"
 INTERRUPTED = "engine interrupted"
-
-
-# --- the decision (pure) --------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Decision:
-    status: str  # keep | discard
-    simplification: bool
-    reason: str
-
-
-def decide(val_bpb: float, best: float | None, lines_added: int, lines_removed: int,
-           min_delta: float = 0.0, simplify_tolerance: float = 0.0005) -> Decision:
-    """Keep an improvement beyond min_delta; also keep a simplification (fewer lines) that costs at most
-    simplify_tolerance; discard everything else. No best yet (the baseline): keep."""
-    if best is None:
-        return Decision("keep", False, "baseline")
-    if val_bpb < best - min_delta:
-        return Decision("keep", False, f"improved by {best - val_bpb:.6f}")
-    if lines_removed > lines_added and val_bpb <= best + simplify_tolerance:
-        return Decision("keep", True, f"simplification (-{lines_removed - lines_added} lines) "
-                                      f"within {simplify_tolerance:g} of the best")
-    if val_bpb < best:
-        return Decision("discard", False, f"improved by {best - val_bpb:.6f}, not more than min_delta {min_delta:g}")
-    return Decision("discard", False, f"worse by {val_bpb - best:.6f}" if val_bpb > best else "no improvement")
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -106,49 +81,6 @@ def describe_proposal(proposal_file: Path, agent_tail: list[str], added: int, re
     return f"edit {EDITABLE_FILE} (+{added} -{removed} lines)"
 
 
-class LedgerCache:
-    """results.tsv parsed once, then only the lines appended since (the engine appends one per experiment), so a
-    long history costs nothing per experiment. Any other change to the file means a full parse again."""
-
-    _CHECK = 64  # bytes before the parsed offset that must be unchanged for the cache to stay valid
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.ledger = ledger.Ledger()
-        self.offset = 0
-        self.lines = 0
-        self.tail = b""
-
-    def read(self) -> ledger.Ledger:
-        try:
-            with open(self.path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                start = max(0, self.offset - self._CHECK)
-                f.seek(start)
-                if size < self.offset or f.read(self.offset - start) != self.tail:
-                    self.__init__(self.path)  # rewritten or edited: parse from the start
-                    f.seek(0)
-                data = f.read()
-        except FileNotFoundError:
-            self.__init__(self.path)
-            return self.ledger
-        end = data.rfind(b"\n")
-        if end < 0:
-            return self.ledger  # only a partial line so far
-        chunk = data[: end + 1]
-        new = ledger.parse(chunk.decode("utf-8", errors="replace"))
-        if self.lines:
-            from dataclasses import replace
-            new.rows = [replace(r, line_no=r.line_no + self.lines) for r in new.rows]
-            new.bad_lines = [(n + self.lines, t, why) for n, t, why in new.bad_lines]
-        self.ledger.rows.extend(new.rows)
-        self.ledger.bad_lines.extend(new.bad_lines)
-        self.lines += chunk.count(b"\n")
-        self.offset += len(chunk)
-        self.tail = (self.tail + chunk)[-self._CHECK:]
-        return self.ledger
-
-
 class _Experiment:
     """Bookkeeping of the experiment in flight (meta.json is written from it)."""
 
@@ -197,7 +129,6 @@ class Engine:
         self._slot_label = "slot 0"
         self.events: EventLog | None = None
         self.rat: Ratchet | None = None
-        self.ledger = LedgerCache(ws.results_tsv)
 
     # --- control -------------------------------------------------------------------------------------
     def _on_control(self, cmd: str) -> None:
@@ -303,7 +234,7 @@ class Engine:
             self._show()
             check_clean_tree(self.rat)
             created = self.rat.checkout_branch(self.branch)
-            led = self.ledger.read()
+            led = ledger.read(self.ws.results_tsv)
             if led.bad_lines:
                 self.log(f"autoresearch: warning: {led.warning()}")
             head = self.rat.head()
@@ -458,7 +389,7 @@ class Engine:
             exp.meta["idea"] = idea
             self.events.emit("idea_taken", exp.id, text=idea)
             exp.save()
-        led = self.ledger.read()
+        led = ledger.read(self.ws.results_tsv)
         best_row = next((r for r in reversed(led.rows) if r.status == "keep" and r.val_bpb == self.best_val), None)
         best_arg = {"commit": self.best_commit, "val_bpb": self.best_val,
                     "description": best_row.description if best_row else None}
@@ -466,7 +397,8 @@ class Engine:
             from .prompt import build_prompt
         except ImportError:  # the prompt builder is optional for custom agents
             build_prompt = None
-        prompt = (build_prompt(self.ws, led, best_arg, self.crash_tail, idea) if build_prompt
+        prompt = (build_prompt(self.ws, led, best_arg, self.crash_tail, idea, read_finished(self.ws.events))
+                  if build_prompt
                   else self.ws.program_md.read_text(encoding="utf-8", errors="replace"))
         self.crash_tail = None
         from .agents.base import AgentContext, agent_env
@@ -671,6 +603,7 @@ class Engine:
         that recovery after a crash here neither loses nor duplicates the row."""
         t0 = time.monotonic()
         self._phase("recording", exp.id)
+        reference = self.best_val  # what this run was decided against
         exp.meta["commit"] = commit
         exp.save()
         self.rat.set_ref(experiment_ref(exp.id), commit)
@@ -687,7 +620,8 @@ class Engine:
                         reason=reason, description=description, finished_at=time.time())
         exp.save()
         self.events.emit("experiment_finished", exp.id, status=status, val_bpb=val_bpb, memory_gb=memory_gb,
-                         commit=commit, description=description, reason=reason)
+                         commit=commit, description=description, reason=reason, reference=reference,
+                         best=self.best_val)
         self.state.update(best=self._best_info())
 
 

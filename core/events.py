@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+from .ledger import Finished
 from .workspace import Workspace
 
 TYPES = ("engine_started", "engine_stopped", "experiment_started", "phase_changed", "proposal_ready",
@@ -57,24 +58,20 @@ def emit(ws: Workspace, type_: str, exp_id: str | None = None, **fields) -> dict
     return ev
 
 
-def read_events(path: Path, offset: int = 0) -> tuple[list[dict], int]:
-    """Events after byte offset, and the offset to continue from. A partial last line is left for next time;
-    a line that is not valid JSON is skipped."""
+def read_finished(path: Path) -> list[Finished]:
+    """Every experiment_finished record of an events.jsonl, in order (a line that is not JSON is skipped)."""
     try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            data = f.read()
-    except FileNotFoundError:
-        return [], offset
-    end = data.rfind(b"\n")
-    if end < 0:
-        return [], offset
-    events = []
-    for raw in data[: end + 1].splitlines():
+        data = Path(path).read_bytes()
+    except OSError:
+        return []
+    out = []
+    for raw in data.splitlines():
+        if b'"experiment_finished"' not in raw:  # most lines are other events: skip them unparsed
+            continue
         try:
             ev = json.loads(raw)
         except ValueError:
             continue
-        if isinstance(ev, dict):
-            events.append(ev)
-    return events, offset + end + 1
+        if isinstance(ev, dict) and ev.get("type") == "experiment_finished":
+            out.append(Finished.from_event(ev))
+    return out

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import os
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 HEADER = ("commit", "val_bpb", "memory_gb", "status", "description")
 HEADER_LINE = "\t".join(HEADER)
@@ -21,8 +23,10 @@ class Row:
     description: str
     line_no: int = 0  # 1-based line in the file (the header is line 1)
 
-    def to_line(self) -> str:
-        return format_row(self.commit, self.val_bpb, self.memory_gb, self.status, self.description)
+    @property
+    def measured(self) -> bool:
+        """A run that produced a val_bpb (crash rows carry 0.0)."""
+        return self.status != "crash" and self.val_bpb > 0
 
 
 @dataclass
@@ -32,14 +36,15 @@ class Ledger:
 
     @property
     def best(self) -> Row | None:
-        """The lowest val_bpb among kept rows (the branch head's result)."""
-        kept = [r for r in self.rows if r.status == "keep" and r.val_bpb > 0]
+        """The lowest val_bpb among kept rows (the file alone cannot see a revert; the engine's best is
+        the one on its branch, see core.engine.find_best)."""
+        kept = [r for r in self.rows if r.status == "keep" and r.measured]
         return min(kept, key=lambda r: r.val_bpb) if kept else None
 
     @property
     def baseline(self) -> Row | None:
         for r in self.rows:
-            if r.status != "crash" and r.val_bpb > 0:
+            if r.measured:
                 return r
         return None
 
@@ -141,3 +146,76 @@ def append(path: Path, commit: str, val_bpb: float, memory_gb: float, status: st
     finally:
         os.close(fd)
     return parse_line(line, 0)
+
+
+# --- annotations: the number each decision was made on -------------------------------------------------
+
+@dataclass(frozen=True)
+class Finished:
+    """What the engine said when it recorded a row (its experiment_finished event)."""
+
+    exp_id: str | None
+    commit: str
+    status: str
+    reference: float | None = None  # the best val_bpb the run was decided against
+    best: float | None = None  # the engine's best after the decision
+
+    @classmethod
+    def from_event(cls, ev: dict) -> "Finished":
+        def num(v):
+            return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+        exp_id = ev.get("id")
+        return cls(exp_id if isinstance(exp_id, str) else None, str(ev.get("commit") or "")[:40],
+                   str(ev.get("status") or ""), num(ev.get("reference")), num(ev.get("best")))
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One results.tsv row with what it was decided on. `reference` is the best before this run as the engine
+    saw it (for a run that trained while another was kept, the best it started from), not today's best, so
+    a row's delta never changes after the fact."""
+
+    n: int  # 1-based position in results.tsv
+    row: Row
+    exp_id: str | None
+    reference: float | None
+    best_after: float | None
+
+    @property
+    def val_bpb(self) -> float | None:
+        return self.row.val_bpb if self.row.measured else None
+
+    @property
+    def delta(self) -> float | None:
+        """val_bpb minus the best it was decided against (negative is better); None for crashes and the first."""
+        v = self.val_bpb
+        return None if v is None or self.reference is None else v - self.reference
+
+    @property
+    def improved(self) -> bool:
+        """A kept row that lowered the best (the ratchet's steps; a kept simplification may not)."""
+        return self.row.status == "keep" and self.val_bpb is not None and (
+            self.reference is None or self.val_bpb < self.reference)
+
+
+def annotate(rows: list[Row], finished: Iterable[Finished] = ()) -> list[Entry]:
+    """The one place that says what each row was compared with and what the best was after it.
+
+    finished: the engine's experiment_finished records, matched to rows by (commit, status) in order; where
+    they carry the reference and the best (engine workspaces) those are used, otherwise (upstream ledgers,
+    rows added by hand) the running best of kept rows, which is upstream's rule."""
+    queues: dict[tuple[str, str], deque] = {}
+    for f in finished:
+        queues.setdefault((f.commit[:7], f.status), deque()).append(f)
+    out: list[Entry] = []
+    best: float | None = None
+    for i, r in enumerate(rows, start=1):
+        q = queues.get((r.commit[:7], r.status))
+        f = q.popleft() if q else None
+        reference = f.reference if f is not None and f.reference is not None else best
+        if f is not None and f.best is not None:
+            best = f.best
+        elif r.status == "keep" and r.measured and (best is None or r.val_bpb < best):
+            best = r.val_bpb
+        out.append(Entry(i, r, f.exp_id if f else None, reference, best))
+    return out

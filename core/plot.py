@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import UserError
-from .report import load, printable, summarize
+from .report import load_summary, printable
 from .workspace import Workspace
 
 FORMATS = (".png", ".svg", ".pdf")
@@ -20,8 +20,7 @@ def _y_limits(values: list[float], best: float, baseline: float | None) -> tuple
 
 
 def render_plot(ws: Workspace, output: Path) -> Path:
-    ledger = load(ws)
-    s = summarize(ledger)
+    s = load_summary(ws)
     points = [(i + 1, r) for i, r in enumerate(s.rows)]
     valid = [(x, r) for x, r in points if r.status != "crash" and r.val_bpb > 0]
     if not valid:
@@ -67,13 +66,11 @@ def _draw(ax, s, points, valid) -> None:
                    label="crashed", zorder=3)
 
     # running best frontier: a step that drops at every kept improvement
-    fx, fy, running = [], [], None
-    for x, r in points:
-        if r.status == "keep" and r.val_bpb > 0 and (running is None or r.val_bpb < running):
-            running = r.val_bpb
-        if running is not None:
+    fx, fy = [], []
+    for x, e in zip((x for x, _ in points), s.entries):
+        if e.best_after is not None:
             fx.append(x)
-            fy.append(running)
+            fy.append(e.best_after)
     if fx:
         ax.step(fx, fy, where="post", color="#2e7d32", linewidth=1.6, alpha=0.9, label="running best",
                 zorder=3)

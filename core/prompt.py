@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .ledger import Ledger, Row
+from .ledger import Finished, Ledger, Row, annotate
 from .workspace import Workspace
 
 MAX_RECENT_ROWS = 50  # long histories: the last 50 rows plus every kept row
@@ -48,19 +48,15 @@ def _best_fields(best) -> tuple[str | None, float | None, str | None]:
     return getattr(best, "commit", None), getattr(best, "val_bpb", None), getattr(best, "description", None)
 
 
-def results_table(ledger: Ledger, max_recent: int = MAX_RECENT_ROWS) -> str:
-    """results.tsv as a compact table with a Δ column; long histories keep the last rows and all kept rows."""
+def results_table(ledger: Ledger, max_recent: int = MAX_RECENT_ROWS, finished: list[Finished] = ()) -> str:
+    """results.tsv as a compact table with a Δ column (against the best each run was decided on, see
+    core.ledger.annotate); long histories keep the last rows and all kept rows."""
     rows = ledger.rows
     if not rows:
         return "(no experiments yet: the first one should usually be the unchanged baseline)"
     shown = set(range(max(0, len(rows) - max_recent), len(rows)))
     shown |= {i for i, r in enumerate(rows) if r.status == "keep"}
-    best_before: list[float | None] = []
-    best = None
-    for r in rows:
-        best_before.append(best)
-        if r.status == "keep" and r.val_bpb > 0 and (best is None or r.val_bpb < best):
-            best = r.val_bpb
+    entries = annotate(rows, finished)
     out = ["#    commit   val_bpb   delta      mem_gb  status   description"]
     skipped = 0
     for i, r in enumerate(rows):
@@ -70,18 +66,19 @@ def results_table(ledger: Ledger, max_recent: int = MAX_RECENT_ROWS) -> str:
         if skipped:
             out.append(f"     ... {skipped} earlier non-kept experiment{'s' if skipped != 1 else ''} omitted")
             skipped = 0
-        ref = best_before[i]
-        if r.status == "crash" or r.val_bpb <= 0:
+        e = entries[i]
+        if e.val_bpb is None:
             bpb, delta = "-", ""
         else:
             bpb = f"{r.val_bpb:.6f}"
-            delta = f"{r.val_bpb - ref:+.6f}" if ref is not None else "baseline"
+            delta = f"{e.delta:+.6f}" if e.delta is not None else "baseline"
         out.append(f"{i + 1:<4} {r.commit[:7]:<8} {bpb:<9} {delta:<10} {r.memory_gb:<7.1f} {r.status:<8} "
                    f"{' '.join(r.description.split())}")
     return "\n".join(out)
 
 
-def build_prompt(ws: Workspace, ledger: Ledger, best, crash_tail: str | None, idea: str | None) -> str:
+def build_prompt(ws: Workspace, ledger: Ledger, best, crash_tail: str | None, idea: str | None,
+                 finished: list[Finished] = ()) -> str:
     """The whole prompt as Markdown (the engine writes it to $AUTORESEARCH_PROMPT_FILE)."""
     parts = ["# autoresearch: propose the next experiment",
              "You are the research agent of an autonomous ML research loop. The engine runs train.py for a "
@@ -104,7 +101,7 @@ def build_prompt(ws: Workspace, ledger: Ledger, best, crash_tail: str | None, id
     if ledger.baseline is not None:
         summary += f" Baseline val_bpb {ledger.baseline.val_bpb:.6f}."
     parts.append("## Results so far (results.tsv; delta is against the best at that time)\n\n" + summary
-                 + "\n\n" + "```\n" + results_table(ledger) + "\n```")
+                 + "\n\n" + "```\n" + results_table(ledger, finished=finished) + "\n```")
 
     commit, bpb, desc = _best_fields(best)
     if commit or bpb:

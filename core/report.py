@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import ledger as ledger_mod
 from .errors import UserError
-from .ledger import Ledger, Row
+from .events import read_finished
+from .ledger import Entry, Finished, Ledger, Row, annotate
 from .workspace import Workspace
 
 TOP_N = 10
@@ -17,17 +19,25 @@ RECENT_N = 20
 
 @dataclass
 class Summary:
-    rows: list[Row]
+    entries: list[Entry]
     kept: int
     discarded: int
     crashed: int
     baseline: Row | None
     best: Row | None
-    deltas: list[float | None] = field(default_factory=list)  # per row: val_bpb - best before it (None if n/a)
+
+    @property
+    def rows(self) -> list[Row]:
+        return [e.row for e in self.entries]
+
+    @property
+    def deltas(self) -> list[float | None]:
+        """Per row: val_bpb minus the best it was decided against (core.ledger.annotate)."""
+        return [e.delta for e in self.entries]
 
     @property
     def total(self) -> int:
-        return len(self.rows)
+        return len(self.entries)
 
     @property
     def keep_rate(self) -> float:
@@ -35,30 +45,37 @@ class Summary:
 
     @property
     def improvements(self) -> list[tuple[Row, float]]:
-        """Kept rows that lowered the running best, with their delta (negative), best first."""
-        out = [(r, d) for r, d in zip(self.rows, self.deltas) if r.status == "keep" and d is not None and d < 0]
+        """Kept rows that lowered the best, with their delta (negative), best first."""
+        out = [(e.row, e.delta) for e in self.entries if e.improved and e.delta is not None]
         return sorted(out, key=lambda x: x[1])
 
 
-def summarize(ledger: Ledger) -> Summary:
-    """Counts, baseline, best and per-row deltas against the best kept result before each row."""
+def summarize(ledger: Ledger, finished: list[Finished] = ()) -> Summary:
+    """Counts, baseline, best and per-row deltas against the best each row was decided on."""
+    entries = annotate(ledger.rows, finished)
     rows = ledger.rows
-    deltas: list[float | None] = []
-    running = None
-    for r in rows:
-        valid = r.status != "crash" and r.val_bpb > 0
-        deltas.append(r.val_bpb - running if valid and running is not None else None)
-        if r.status == "keep" and valid and (running is None or r.val_bpb < running):
-            running = r.val_bpb
-    return Summary(rows=rows, kept=sum(r.status == "keep" for r in rows),
+    best = ledger.best
+    final = entries[-1].best_after if entries else None
+    if final is not None:  # the engine's best (a revert or a confirmed mean can differ from the lowest keep)
+        best = next((e.row for e in reversed(entries) if e.row.status == "keep" and e.val_bpb == final), best)
+    return Summary(entries=entries, kept=sum(r.status == "keep" for r in rows),
                    discarded=sum(r.status == "discard" for r in rows),
                    crashed=sum(r.status == "crash" for r in rows),
-                   baseline=ledger.baseline, best=ledger.best, deltas=deltas)
+                   baseline=ledger.baseline, best=best)
+
+
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
 
 
 def printable(text: str) -> str:
-    """Descriptions come from agents: drop control characters so they cannot drive the terminal."""
-    return "".join(ch if ch.isprintable() else " " for ch in text)
+    """Descriptions come from agents: drop escape sequences whole (not just their ESC, which would leave "[31m"
+    behind) and control characters, so they cannot drive the terminal."""
+    return "".join(ch if ch.isprintable() else " " for ch in _ANSI.sub("", text))
+
+
+def load_summary(ws: Workspace) -> Summary:
+    """results.tsv annotated with the engine's decisions (events.jsonl), for the report and the plot."""
+    return summarize(load(ws), read_finished(ws.events))
 
 
 def load(ws: Workspace) -> Ledger:
@@ -152,7 +169,7 @@ def _emit(text: str) -> None:
 def cmd_results(ws: Workspace, args) -> int:
     """Entry point of `autoresearch results [--kept-only] [--json]`."""
     ledger = load(ws)
-    s = summarize(ledger)
+    s = summarize(ledger, read_finished(ws.events))
     kept_only = bool(getattr(args, "kept_only", False))
     if getattr(args, "json", False):
         _emit(json.dumps(to_json(s, kept_only, ledger.bad_lines), indent=2))

@@ -10,7 +10,8 @@ from engine_fixtures import ScriptAgent, git, make_workspace, meta, read_events,
 
 from core import control
 from core.config import LoopConfig
-from core.engine import Engine, decide, find_best, next_experiment_id
+from core.decision import decide
+from core.engine import Engine, find_best, next_experiment_id
 from core.errors import UserError
 from core.ledger import read as read_ledger
 from core.procs import pid_alive

@@ -77,3 +77,26 @@ def test_non_finite_numbers_are_malformed_lines_except_on_crash_rows():
     assert [r.commit for r in led.rows] == ["abc1234", "abc1236"]
     assert led.rows[1].val_bpb == 0.0
     assert led.bad_lines[0][0] == 3 and "finite" in led.bad_lines[0][2]
+
+
+def test_annotate_uses_the_reference_each_decision_was_made_on():
+    from core.ledger import Finished, annotate
+    Row = ledger.Row
+    rows = [Row("a000000", 1.0, 1.0, "keep", "baseline"), Row("b000000", 0.9, 1.0, "keep", "better"),
+            Row("c000000", 0.95, 1.0, "discard", "trained beside b"), Row("d000000", 0.0, 0.0, "crash", "x"),
+            Row("e000000", 0.85, 1.0, "keep", "best")]
+    # without the engine's records: upstream's running best of kept rows
+    plain = annotate(rows)
+    assert [e.reference for e in plain] == [None, 1.0, 0.9, 0.9, 0.9]
+    assert [e.best_after for e in plain] == [1.0, 0.9, 0.9, 0.9, 0.85]
+    assert plain[2].delta == pytest.approx(0.05) and plain[3].delta is None and plain[0].delta is None
+    assert [e.improved for e in plain] == [True, True, False, False, True]
+    # the engine says c was decided against the baseline it started from (b was kept while it trained)
+    finished = [Finished("0001", "a000000", "keep", None, 1.0), Finished("0002", "b000000", "keep", 1.0, 0.9),
+                Finished("0003", "c000000", "discard", 1.0, 0.9), Finished("0004", "d000000", "crash"),
+                Finished("0005", "e000000", "keep", 0.9, 0.85)]
+    ann = annotate(rows, finished)
+    assert [e.exp_id for e in ann] == ["0001", "0002", "0003", "0004", "0005"]
+    assert ann[2].reference == 1.0 and ann[2].delta == pytest.approx(-0.05)
+    # a later keep never changes an earlier row's number
+    assert [e.delta for e in annotate(rows[:3], finished[:3])] == [e.delta for e in ann[:3]]

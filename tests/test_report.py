@@ -37,7 +37,7 @@ def test_report(ws, capsys):
     assert "kept 4, discarded 2, crashed 1 (keep rate 57.1%)" in out
     assert "Best val_bpb: 0.985000 (started: 0.997900), improvement 0.012900 (1.29%), commit f4d8a33" in out
     top = out.split("Top improvements:\n", 1)[1].split("\n\n")[0].splitlines()
-    assert top[0].startswith("  - SwiGLU $x^2$  [31mactivation: -0.007800 val_bpb")  # ESC dropped
+    assert top[0].startswith("  - SwiGLU $x^2$ activation: -0.007800 val_bpb")  # the escape sequence dropped whole
     assert top[1].startswith("  - GQA with 4 KV heads: -0.005100 val_bpb")
     assert len(top) == 2
     assert "\x1b" not in out  # control characters from an agent never reach the terminal

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from core.errors import UserError
-from core.ledger import Row
+from core.ledger import Finished, Row
 from core.status import STALE_AFTER_S
 from core.workspace import Workspace
 from tests.tui_fixtures import T0, big_results, make_upstream_repo, make_workspace, write_engine
@@ -71,7 +71,7 @@ def test_hostile_experiment_ids_are_dropped(tmp_path):
     e = parse_engine({"status": "running", "slots": [{"id": "0", "experiment": "0012"}]}, Workspace(tmp_path), T0)
     assert e.current().id == "0012"
     rows = build_rows([Row("abc1234", 1.0, 1.0, "keep", "a"), Row("def5678", 0.9, 1.0, "keep", "b")],
-                      [("../x", "abc1234", "keep"), ("0002", "def5678", "keep")])
+                      [Finished("../x", "abc1234", "keep"), Finished("0002", "def5678", "keep")])
     assert [r.exp_id for r in rows] == [None, "0002"]
 
 
@@ -79,8 +79,8 @@ def test_rows_are_matched_to_ids_in_order_with_repeated_commits():
     rows = [Row("aaaaaaa", 1.0, 1.0, "keep", "base"), Row("aaaaaaa", 0.0, 0.0, "crash", "rejected"),
             Row("aaaaaaa", 0.0, 0.0, "crash", "rejected again"), Row("bbbbbbb", 0.9, 1.0, "keep", "x"),
             Row("ccccccc", 0.95, 1.0, "discard", "hand-added row")]
-    finished = [("0001", "aaaaaaa" + "0" * 33, "keep"), ("0002", "aaaaaaa", "crash"), ("0003", "aaaaaaa", "crash"),
-                ("0004", "bbbbbbb", "keep")]
+    finished = [Finished("0001", "aaaaaaa" + "0" * 33, "keep"), Finished("0002", "aaaaaaa", "crash"),
+                Finished("0003", "aaaaaaa", "crash"), Finished("0004", "bbbbbbb", "keep")]
     out = build_rows(rows, finished)
     assert [r.exp_id for r in out] == ["0001", "0002", "0003", "0004", None]
     assert [r.label for r in out][-1] == "#5"

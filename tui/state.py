@@ -6,7 +6,6 @@ import dataclasses
 import json
 import os
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,26 +118,15 @@ def git_branch(root: Path) -> str | None:
     return f"detached at {head[:7]}" if head else None
 
 
-def build_rows(rows: list[ledger_mod.Row], finished: list[tuple[str, str, str]]) -> tuple[Experiment, ...]:
-    """Join results.tsv rows with experiment ids from experiment_finished events, in order.
-
-    finished: (id, short commit, status) per event. Matching on (commit, status) in order handles an
-    upstream ledger (no events: ids stay None) and rows appended by hand.
-    """
-    queues: dict[tuple[str, str], deque] = {}
-    for exp_id, commit, status in finished:
-        queues.setdefault((commit[:7], status), deque()).append(clean_id(exp_id))
+def build_rows(rows: list[ledger_mod.Row], finished: list[ledger_mod.Finished]) -> tuple[Experiment, ...]:
+    """results.tsv rows joined with the engine's decisions (core.ledger.annotate): ids, and the best each row
+    was decided against. An upstream ledger (no events) keeps ids None and upstream's running best."""
     out = []
-    best = None
-    for i, r in enumerate(rows, start=1):
-        q = queues.get((r.commit[:7], r.status))
-        exp_id = q.popleft() if q else None
-        val = r.val_bpb if r.status != "crash" and r.val_bpb > 0 else None
-        mem = r.memory_gb if r.status != "crash" else None
-        out.append(Experiment(n=i, commit=r.commit, val_bpb=val, memory_gb=mem, status=r.status,
-                              description=r.description, exp_id=exp_id, best_before=best))
-        if r.status == "keep" and val is not None and (best is None or val < best):
-            best = val
+    for e in ledger_mod.annotate(rows, finished):
+        r = e.row
+        out.append(Experiment(n=e.n, commit=r.commit, val_bpb=e.val_bpb, memory_gb=r.memory_gb if r.status != "crash"
+                              else None, status=r.status, description=r.description, exp_id=clean_id(e.exp_id),
+                              best_before=e.reference))
     return tuple(out)
 
 
@@ -163,7 +151,7 @@ class StateReader:
         self._events_offset = 0
         self._events_ino = None
         self._events_partial = b""
-        self._finished: list[tuple[str, str, str]] = []
+        self._finished: list[ledger_mod.Finished] = []
         self._last_event: dict | None = None
         self._rows: tuple[Experiment, ...] = ()
         self._rows_key = None
@@ -254,7 +242,7 @@ class StateReader:
                 continue
             last = ev
             if ev.get("type") == "experiment_finished":
-                finished.append((clean_id(ev.get("id")), str(ev.get("commit") or ""), str(ev.get("status") or "")))
+                finished.append(ledger_mod.Finished.from_event(ev))
         self._finished = finished
         self._last_event = last
 
