@@ -561,7 +561,7 @@ class Engine:
             self.events.emit("training_started", exp.id, commit=exp.meta["commit"], pid=pid)
 
         result = self.runner.train([exp.dir / "train.log", self.ws.run_log], exp.dir / "metrics.json",
-                                   cancel=self._cancel, on_start=on_start)
+                                   cancel=self._cancel, on_start=on_start, run_id=exp.id)
         self._show(child=None)
         exp.timings["train_s"] = time.monotonic() - t0
         exp.meta["metrics"] = result.metrics

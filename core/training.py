@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 import tempfile
 import threading
@@ -13,8 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import psutil
+
 from . import pyconst
-from .runner import run
+from .progress import parse_line
+from .runner import LineTail, run
+from .workspace import STATE_DIR, atomic_write_text
 
 STARTUP_GRACE_S = 120.0  # model build, torch.compile and the final evaluation are outside TIME_BUDGET
 DEFAULT_TIME_BUDGET = 300.0
@@ -102,72 +107,141 @@ def trainer_env(environ) -> dict[str, str]:
     return {k: v for k, v in environ.items() if not _SECRET_NAME.search(k)}
 
 
+TRAINER_FILES = ("train.py", "prepare.py", "constants.py")  # what a run folder holds
+
+
+def trainer_files(ws_root: Path, train_py: str | None = None) -> dict[str, str]:
+    """The files one run needs, as data: the workspace's trusted prepare.py and constants.py, and train.py
+    (the given text, else the workspace's)."""
+    root = Path(ws_root)
+    files = {name: (root / name).read_text(encoding="utf-8") for name in ("prepare.py", "constants.py")
+             if (root / name).is_file()}
+    files["train.py"] = train_py if train_py is not None else (root / "train.py").read_text(encoding="utf-8")
+    return files
+
+
+def _constants_of(files: dict[str, str]) -> dict:
+    try:
+        return {k: c.value for k, c in pyconst.parse(files.get("constants.py", "")).items()}
+    except (SyntaxError, ValueError):
+        return {}
+
+
+def budget_of(files: dict[str, str]) -> float:
+    tb = _constants_of(files).get("TIME_BUDGET")
+    if isinstance(tb, (int, float)) and not isinstance(tb, bool) and tb > 0:
+        return float(tb)
+    return DEFAULT_TIME_BUDGET
+
+
+def run_training(files: dict[str, str], run_dir: Path, *, logs: list[Path], metrics_out: Path | None,
+                 timeout: float | None = None, env: dict[str, str] | None = None,
+                 cancel: threading.Event | None = None, on_start: Callable[[int], None] | None = None,
+                 on_phase: Callable[[str], None] | None = None,
+                 on_output: Callable[[bytes], None] | None = None, cpus: tuple[int, ...] | None = None,
+                 argv: list[str] | None = None) -> TrainResult:
+    """One training run in its own folder: write the files there, run the trainer, read the trusted metrics.
+
+    The verdict comes from the metrics file, never from stdout. Its path is a fresh file in a private temp
+    folder, so train.py cannot guess it; its content is copied to metrics_out afterwards. run_dir is
+    created fresh and removed at the end (the experiment folder keeps the logs and the metrics).
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    for name, text in files.items():
+        (run_dir / name).write_text(text, encoding="utf-8")
+    tmpdir = Path(tempfile.mkdtemp(prefix="autoresearch-metrics-"))
+    metrics_file = tmpdir / "metrics.json"
+    full_env = trainer_env(os.environ)
+    full_env.update(env or {})
+    full_env["AUTORESEARCH_METRICS_FILE"] = str(metrics_file)
+    full_env.setdefault("PYTHONUNBUFFERED", "1")
+    timeout = timeout or default_timeout(budget_of(files))
+    phase = {"now": "starting"}
+    if on_phase:
+        on_phase("starting")
+
+    def started(pid: int) -> None:
+        if cpus:
+            try:
+                psutil.Process(pid).cpu_affinity(list(cpus))
+            except (psutil.Error, OSError, AttributeError):  # macOS has no affinity: threads are capped instead
+                pass
+        if on_start:
+            on_start(pid)
+
+    tail = LineTail(2)
+
+    def output(data: bytes) -> None:
+        if on_phase and phase["now"] == "starting":
+            tail.feed(data)
+            if any(parse_line(x) for x in tail.lines()):
+                phase["now"] = "training"
+                on_phase("training")
+        if on_output:
+            on_output(data)
+
+    try:
+        res = run(argv or [sys.executable, "train.py"], cwd=run_dir, env=full_env, logs=logs, timeout=timeout,
+                  cancel=cancel, on_output=output, on_start=started)
+        try:
+            text = metrics_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            text = None
+        tampered = [name for name in files if name != "train.py" and _read(run_dir / name) != files[name]]
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        shutil.rmtree(run_dir, ignore_errors=True)
+    if metrics_out is not None and text is not None:
+        atomic_write_text(metrics_out, text)
+    consts = _constants_of(files)
+    expected = {key: consts[name] for key, name in _EVAL_CONSTANTS.items() if consts.get(name) is not None}
+    metrics, invalid = parse_metrics(text, expected)
+    reason = None
+    if res.error:
+        reason = res.error
+    elif res.cancelled:
+        reason = "cancelled"
+    elif tampered:  # the evaluation lives in prepare.py: a run that rewrote it is not measured
+        reason = f"rejected: {', '.join(tampered)} changed during training"
+    elif res.timed_out:
+        reason = f"timed out after {timeout:.0f} s (hard limit)"
+    elif res.returncode != 0:
+        reason = f"train.py exited with code {res.returncode}"
+        if invalid is None:
+            reason += " after writing its metrics"
+    elif invalid:
+        reason = invalid
+    ok = reason is None
+    return TrainResult(ok=ok, val_bpb=float(metrics["val_bpb"]) if ok else None,
+                       peak_vram_mb=float(metrics.get("peak_vram_mb") or 0.0) if ok else None,
+                       metrics=metrics, reason=reason, tail=res.tail, duration_s=res.duration_s,
+                       returncode=res.returncode, timed_out=res.timed_out, cancelled=res.cancelled)
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 @dataclass
 class LocalRunner:
-    """Where and how one training run executes: here, a local subprocess in the workspace.
-
-    Multi-GPU workers later get the same `train()` with their own device and worktree.
-    """
+    """One training run of the workspace's current train.py in a run folder under .autoresearch/runs/
+    (`autoresearch run`)."""
 
     ws_root: Path
     argv: list[str] = field(default_factory=lambda: [sys.executable, "train.py"])
     timeout: float | None = None  # None: 2 x TIME_BUDGET + grace
     extra_env: dict[str, str] = field(default_factory=dict)
 
-    def effective_timeout(self) -> float:
-        return self.timeout if self.timeout else default_timeout(read_time_budget(self.ws_root))
-
     def train(self, logs: list[Path], metrics_out: Path | None, cancel: threading.Event | None = None,
               on_output: Callable[[bytes], None] | None = None,
-              on_start: Callable[[int], None] | None = None) -> TrainResult:
-        """Run the trainer once; the verdict comes from the trusted metrics file, never from stdout.
-
-        The metrics path handed to the trainer is a fresh file in a private temp folder, so train.py
-        cannot guess it; its content is copied to metrics_out afterwards.
-        """
-        tmpdir = Path(tempfile.mkdtemp(prefix="autoresearch-metrics-"))
-        metrics_file = tmpdir / "metrics.json"
-        env = trainer_env(os.environ)
-        env.update(self.extra_env)
-        env["AUTORESEARCH_METRICS_FILE"] = str(metrics_file)
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        timeout = self.effective_timeout()
-        try:
-            res = run(self.argv, cwd=self.ws_root, env=env, logs=logs, timeout=timeout, cancel=cancel,
-                      on_output=on_output, on_start=on_start)
-            try:
-                text = metrics_file.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError):
-                text = None
-        finally:
-            for p in tmpdir.iterdir() if tmpdir.exists() else []:
-                try:
-                    p.unlink()
-                except OSError:
-                    pass
-            try:
-                tmpdir.rmdir()
-            except OSError:
-                pass
-        if metrics_out is not None and text is not None:
-            from .workspace import atomic_write_text
-            atomic_write_text(metrics_out, text)
-        metrics, invalid = parse_metrics(text, expected_eval_constants(self.ws_root))
-        reason = None
-        if res.error:
-            reason = res.error
-        elif res.cancelled:
-            reason = "cancelled"
-        elif res.timed_out:
-            reason = f"timed out after {timeout:.0f} s (hard limit)"
-        elif res.returncode != 0:
-            reason = f"train.py exited with code {res.returncode}"
-            if invalid is None:
-                reason += " after writing its metrics"
-        elif invalid:
-            reason = invalid
-        ok = reason is None
-        return TrainResult(ok=ok, val_bpb=float(metrics["val_bpb"]) if ok else None,
-                           peak_vram_mb=float(metrics.get("peak_vram_mb") or 0.0) if ok else None,
-                           metrics=metrics, reason=reason, tail=res.tail, duration_s=res.duration_s,
-                           returncode=res.returncode, timed_out=res.timed_out, cancelled=res.cancelled)
+              on_start: Callable[[int], None] | None = None, run_id: str = "manual") -> TrainResult:
+        root = Path(self.ws_root)
+        return run_training(trainer_files(root), root / STATE_DIR / "runs" / run_id, logs=logs,
+                            metrics_out=metrics_out, timeout=self.timeout, env=self.extra_env, cancel=cancel,
+                            on_start=on_start, on_output=on_output, argv=self.argv)

@@ -53,16 +53,23 @@ SLEEP = 0.2  # seconds of training
 # filler 5
 # filler 6
 
-# tests steer running engines through this ignored file (duration, mode)
-if os.path.exists("fake_control.json"):
-    _ctl = json.load(open("fake_control.json"))
+# tests steer running engines through this ignored file of the workspace (duration, mode); the trainer runs
+# in a run folder inside the workspace's .autoresearch/, so the file is found in a folder above
+_ctl_dir = _d = os.path.abspath(".")
+for _ in range(4):
+    if os.path.exists(os.path.join(_d, "fake_control.json")):
+        _ctl_dir = _d
+        break
+    _d = os.path.dirname(_d)
+if os.path.exists(os.path.join(_ctl_dir, "fake_control.json")):
+    _ctl = json.load(open(os.path.join(_ctl_dir, "fake_control.json")))
     SLEEP = _ctl.get("sleep", SLEEP)
     MODE = _ctl.get("mode", MODE)
 
 if MODE == "spawn":
     # a grandchild in the same process group: an abort or timeout must kill it too
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    with open("grandchild.pid", "w") as f:
+    with open(os.path.join(_ctl_dir, "grandchild.pid"), "w") as f:
         f.write(str(child.pid))
 print(f"training pid {os.getpid()}", flush=True)
 steps = 5

@@ -349,17 +349,27 @@ def test_real_cpu_trainer_with_the_mutate_agent(tmp_path):
 
 def test_a_trainer_that_edits_tracked_files_is_caught(tmp_path):
     ws = make_workspace(tmp_path / "ws")
+    # the trainer runs in its own run folder: editing its copy of train.py changes nothing in the workspace
     edit_self = "\nopen('train.py', 'a').write('# edited while training\\n')\n"
     run_engine(ws, [{"quality": 0.9, "append": edit_self, "desc": "edits itself"}], max_experiments=2)
     assert [r[3] for r in tsv_rows(ws)] == ["keep", "keep"]
-    assert git(ws.root, "status", "--porcelain") == ""  # train.py is back to the measured commit
-    edit_prepare = "\nopen('prepare.py', 'a').write('# tampered\\n')\n"
-    rc, engine, _ = run_engine(ws, [{"quality": 0.1, "append": edit_prepare, "desc": "tampers"}], max_experiments=5)
+    assert git(ws.root, "status", "--porcelain") == ""
+    # rewriting its copy of prepare.py (where the evaluation lives) means the run is not measured
+    edit_copy = "\nopen('prepare.py', 'a').write('# tampered\\n')\n"
+    rc, _, _ = run_engine(ws, [{"quality": 0.1, "append": edit_copy, "desc": "tampers with its copy"}],
+                          max_experiments=1)
+    assert rc == 0
+    row = tsv_rows(ws)[-1]
+    assert row[3] == "crash" and "rejected: prepare.py changed during training" in row[4]
+    # reaching out of the run folder into the workspace's own prepare.py stops the engine for a person
+    edit_ws = ("\nimport pathlib\np = pathlib.Path.cwd().parents[2] / 'prepare.py'\n"
+               "p.write_text(p.read_text() + '# tampered\\n')\n")
+    rc, engine, _ = run_engine(ws, [{"quality": 0.1, "append": edit_ws, "desc": "tampers"}], max_experiments=5)
     assert rc == 1
     row = tsv_rows(ws)[-1]
     assert row[3] == "crash" and "rejected: prepare.py changed during training" in row[4]
     assert "# tampered" in (ws.root / "prepare.py").read_text()  # left for the person to inspect
-    assert "prepare.py changed while experiment 0003" in __import__("json").loads(ws.engine_json.read_text())["message"]
+    assert "prepare.py changed while experiment 0004" in __import__("json").loads(ws.engine_json.read_text())["message"]
 
 
 def test_proposal_changing_program_md_is_rejected_and_submitted_directives_are_committed(tmp_path):

@@ -183,6 +183,7 @@ def test_local_runner_crash_and_timeout_reasons(tmp_path):
     assert not res.ok and res.reason == "train.py exited with code 1"
     assert any("fake crash" in line for line in res.tail)
     d.joinpath("train.py").write_text(FAKE_TRAIN.replace('MODE = "ok"', 'MODE = "spawn"'))
+    d.joinpath("fake_control.json").write_text("{}")  # the fake trainer writes grandchild.pid beside it
     res = LocalRunner(d, timeout=1.5).train([], None)
     assert not res.ok and res.timed_out and "timed out after 2 s" in res.reason
     assert not pid_alive(int((d / "grandchild.pid").read_text()))
