@@ -9,6 +9,7 @@ MAX_RECENT_ROWS = 50  # long histories: the last 50 rows plus every kept row
 MAX_PROGRAM_CHARS = 40_000
 MAX_CRASH_LINES = 50
 MAX_CRASH_CHARS = 6_000
+MAX_IN_FLIGHT = 16
 
 CONTRACT = """\
 ## Your task and the rules
@@ -78,7 +79,7 @@ def results_table(ledger: Ledger, max_recent: int = MAX_RECENT_ROWS, finished: l
 
 
 def build_prompt(ws: Workspace, ledger: Ledger, best, crash_tail: str | None, idea: str | None,
-                 finished: list[Finished] = ()) -> str:
+                 finished: list[Finished] = (), in_flight: list[str] = ()) -> str:
     """The whole prompt as Markdown (the engine writes it to $AUTORESEARCH_PROMPT_FILE)."""
     parts = ["# autoresearch: propose the next experiment",
              "You are the research agent of an autonomous ML research loop. The engine runs train.py for a "
@@ -121,6 +122,11 @@ def build_prompt(ws: Workspace, ledger: Ledger, best, crash_tail: str | None, id
         parts.append("## The last experiment crashed\n\nThe tail of its output is below. If the cause was your "
                      "change, do not repeat it; if a fix is obvious, you may try the idea again, fixed.\n\n"
                      f"{fence}text\n{tail}\n{fence}")
+
+    shown = [" ".join(t.split())[:200] for t in in_flight if t and t.strip()][:MAX_IN_FLIGHT]
+    if shown:
+        parts.append("## Experiments in flight\n\nThese are being trained or proposed right now, in other slots. Do "
+                     "not propose the same thing; pick a different idea.\n\n" + "\n".join(f"- {t}" for t in shown))
 
     if idea and idea.strip():
         text = " ".join(idea.split())
