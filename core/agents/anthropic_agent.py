@@ -169,10 +169,20 @@ class Redactor:
     def __init__(self, secret: str | None):
         self.secret = secret if secret and len(secret) >= 8 else None
 
+    def redact(self, text: str) -> str:
+        return text.replace(self.secret, "***") if self.secret else text
+
     def __call__(self, text: str, err: bool = False) -> None:
-        if self.secret:
-            text = text.replace(self.secret, "***")
+        text = self.redact(text)
         print(text, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def _api_message(e) -> str:
+    """The API's own error message (the SDK's str() is `Error code: 429 - {...}`)."""
+    body = getattr(e, "body", None)
+    if isinstance(body, dict) and isinstance(body.get("error"), dict) and body["error"].get("message"):
+        return _short(body["error"]["message"])
+    return _short(getattr(e, "message", e))
 
 
 def _short(value, limit: int = 200) -> str:
@@ -207,7 +217,7 @@ def run(model: str, max_turns: int) -> int:
         usage.write()
 
     def fail(kind: str, message: str) -> int:
-        usage.error, usage.error_kind = one_sentence(message), kind
+        usage.error, usage.error_kind = one_sentence(say.redact(message)), kind
         usage.write()
         say(f"anthropic agent: {usage.error}", err=True)
         return 1
@@ -222,16 +232,16 @@ def run(model: str, max_turns: int) -> int:
         except anthropic.AuthenticationError:
             return fail("auth", "the API rejected ANTHROPIC_API_KEY (401); check the key")
         except anthropic.PermissionDeniedError as e:
-            return fail("auth", f"the API refused this key (403): {_short(e.message)}")
+            return fail("auth", f"the API refused this key (403): {_api_message(e)}")
         except anthropic.RateLimitError as e:
-            return fail("rate_limit", f"the API is rate limiting this key (429): {_short(e.message)}")
+            return fail("rate_limit", f"the API is rate limiting this key (429): {_api_message(e)}")
         except anthropic.NotFoundError:
             return fail("other", f"model {model!r} was not found; pass a valid --model")
         except anthropic.APIConnectionError:
             return fail("network", "cannot reach the Anthropic API (connection failed); check the network "
                                    "or ANTHROPIC_BASE_URL")
         except anthropic.APIStatusError as e:
-            return fail("other", f"the API answered HTTP {e.status_code}: {_short(e.message)}")
+            return fail("other", f"the API answered HTTP {e.status_code}: {_api_message(e)}")
         u = resp.usage
         totals["input"] += int(getattr(u, "input_tokens", 0) or 0)
         totals["output"] += int(getattr(u, "output_tokens", 0) or 0)

@@ -123,7 +123,8 @@ def default_model(binary: str, env: dict[str, str]) -> str | None:
     return min(listed, key=lambda m: m.get("priority") or 1 << 30)["slug"] if listed else None
 
 
-_URL_TAIL = re.compile(r",? ?(url|request id): \S+", re.I)
+_URL_TAIL = re.compile(r",? ?(url|request id): [^\s,)]+", re.I)
+_RETRY = re.compile(r"^Reconnecting\.\.\. \d+/\d+ \((.*)\)$", re.S)
 
 
 def clean(message: str) -> str:
@@ -180,10 +181,10 @@ def run(usage: Usage, model: str | None) -> None:
             state["failed"] = clean(str(err.get("message") or "the turn failed"))
         elif kind == "error":
             # "Reconnecting... 1/5 (...)" is a retry codex may recover from; only turn.failed is fatal.
-            msg = clean(str(ev.get("message") or ""))
+            msg = clean(_RETRY.sub(r"\1", str(ev.get("message") or "")))
             state["last_error"] = msg
             if re.search(r"\b(401|403)\b", msg) or "unauthorized" in msg.lower():
-                raise Stop(classify(re.sub(r"^Reconnecting\.\.\. \d+/\d+ \((.*)\)$", r"\1", msg)))
+                raise Stop(classify(msg))
 
     def on_stderr(line: str) -> None:
         if line.startswith("error: ") and ("argument" in line or "invalid value" in line):
