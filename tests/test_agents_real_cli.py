@@ -66,7 +66,6 @@ def codex_bin():
 
 @pytest.fixture
 def ws(tmp_path):
-    # under the home folder, not /tmp: Codex declines to install its helpers below a temporary folder
     return make_workspace(tmp_path / "ws")
 
 
@@ -102,6 +101,20 @@ def run_wrapper(agent, ctx, cwd: Path, bin_dir: Path, env: dict, timeout: float 
 
 def usage_of(ctx) -> dict:
     return json.loads(ctx.usage_file.read_text())
+
+
+def leftovers(ctx) -> list[str]:
+    """Processes still running whose command line names the experiment folder (the CLI's private home)."""
+    import psutil
+    marker = str(ctx.proposal_file.parent)
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(marker in a for a in p.info["cmdline"] or ()):
+                out.append(" ".join(p.info["cmdline"])[:120])
+        except psutil.Error:
+            continue
+    return out
 
 
 # --- Claude Code ----------------------------------------------------------------------------------
@@ -327,6 +340,7 @@ def test_codex_edits_train_py_through_the_wrapper(ws, codex_bin):
     assert "PROMPT-MARKER" in first and "DESCRIPTION:" in first
     tools = srv.tool_names(0)
     assert "functions.exec" in tools and not any("web_search" in t or "goal" in t for t in tools)
+    assert leftovers(ctx) == []  # codex's sandbox helpers outlive it; the wrapper ends them
     print(f"\ncodex: model {usage['model']}; tools offered {tools}; first request {srv.first_request_size()} "
           f"bytes; wrapper {proc.wall_s:.1f} s")
 
@@ -391,7 +405,7 @@ def test_codex_bad_key_stops_at_once(ws, codex_bin):
     assert usage["error_kind"] == "auth" and "Incorrect API key provided" in usage["error"]
     assert KEY not in usage["error"] and KEY not in proc.stderr
     assert len(srv.agent_requests) <= 2 and proc.wall_s < 20
-    assert not ctx.proposal_file.exists()
+    assert not ctx.proposal_file.exists() and leftovers(ctx) == []
     print(f"\ncodex bad key: {usage['error']!r} after {proc.wall_s:.1f} s, {len(srv.agent_requests)} requests")
 
 

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+import psutil
+
 from ..errors import UserError
+from ..procs import descendants, kill_processes
 from ..workspace import atomic_write_json
 from .base import Agent, AgentContext
 
@@ -191,7 +193,24 @@ def private_home(prefix: str) -> Iterator[Path]:
         (home / "tmp").mkdir()
         yield home
     finally:
+        kill_leftovers(str(home))
         shutil.rmtree(home, ignore_errors=True)
+
+
+def kill_leftovers(marker: str) -> int:
+    """Kill processes the CLI left running whose command line names its private home.
+
+    Codex 0.169 starts sandbox helpers (`bwrap --new-session ... --codex-run-as-fs-helper`) that leave
+    our process group and outlive it; their arguments name files in CODEX_HOME. They ignore SIGTERM.
+    """
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if proc.pid != os.getpid() and any(marker in arg for arg in proc.info["cmdline"] or ()):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return kill_processes(found, grace=1.0) if found else 0
 
 
 # --- running the CLI ------------------------------------------------------------------------------
@@ -208,11 +227,12 @@ def stream_json(argv: list[str], on_event: Callable[[dict], None], *, stdin_text
                 on_stderr: Callable[[str], None] | None = None) -> int:
     """Run argv with the prompt on stdin, copy its stdout to ours line by line and hand each JSON line to
     on_event; stderr is copied too (and each line given to on_stderr). A handler that raises Stop ends the
-    CLI's process group at once and the Stop is re-raised after it is gone.
+    CLI and its descendants at once and the Stop is re-raised after they are gone.
     """
     try:
+        # in our process group: the engine's kill of the group on timeout or abort takes the CLI with us
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.PIPE,
-                                env=env, start_new_session=True)
+                                env=env)
     except OSError as e:
         raise AgentError("other", f"cannot start {argv[0]} ({e.strerror}); check that the CLI is installed "
                                   "and executable") from None
@@ -258,10 +278,16 @@ def stream_json(argv: list[str], on_event: Callable[[dict], None], *, stdin_text
 
 
 def _kill(proc: subprocess.Popen) -> None:
+    """The CLI and everything it started (a sandbox helper, a tool's shell)."""
+    tree = [proc.pid, *descendants(proc.pid)]
+    kill_processes([p for p in (_process(pid) for pid in tree) if p is not None], grace=2.0)
+
+
+def _process(pid: int):
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except OSError:
-        proc.kill()
+        return psutil.Process(pid)
+    except psutil.Error:
+        return None
 
 
 def _lines(stream) -> Iterable[bytes]:
