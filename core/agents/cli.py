@@ -37,8 +37,8 @@ ERROR_KINDS = ("auth", "rate_limit", "network", "version", "other")
 DESCRIPTION_NOTE = (
     "\n\n## How to hand in (this agent)\n"
     "You can read the files of your working directory and edit train.py; nothing else can be written "
-    "(not even $AUTORESEARCH_PROPOSAL_FILE, which the engine fills in for you). When you are done, end "
-    "your final message with one line `DESCRIPTION: <one line, under 100 characters>`.\n")
+    "(not even $AUTORESEARCH_PROPOSAL_FILE: it is filled in from your final message). When you are done, "
+    "end your final message with one line `DESCRIPTION: <one line, under 100 characters>`.\n")
 
 
 class AgentError(Exception):
