@@ -17,7 +17,9 @@ class AgentContext:
     prompt: str
     prompt_file: Path  # AUTORESEARCH_PROMPT_FILE: the prompt, already written by the engine
     proposal_file: Path  # AUTORESEARCH_PROPOSAL_FILE: where the agent may write its one-line description
-    usage_file: Path  # AUTORESEARCH_USAGE_FILE: where the agent may write {"model", "input_tokens", ...}
+    # AUTORESEARCH_USAGE_FILE: where the agent may write its usage as JSON (see core.agents.cli.Usage):
+    # {"model", "input_tokens", "output_tokens", "cost_usd", "cost_estimated", "turns", "error", "error_kind"}
+    usage_file: Path
     log_file: Path  # experiments/NNNN/agent.log (the runner streams the subprocess output there)
     timeout: float
     extra: dict = field(default_factory=dict)
@@ -29,7 +31,7 @@ class Agent:
     name: str = "agent"
 
     def command(self, ctx: AgentContext) -> list[str]:
-        """argv of the subprocess (cwd = workspace)."""
+        """argv of the subprocess (cwd = the agent's checkout: the workspace, or its worktree)."""
         raise NotImplementedError
 
     def env(self, ctx: AgentContext) -> dict[str, str]:
