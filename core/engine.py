@@ -448,7 +448,7 @@ class Engine:
                     "description": best_row.description if best_row else None}
         in_flight = [x.meta.description or x.meta.idea for x in self._in_flight() if x is not e]
         prompt = build_prompt(self.ws, led, best_arg, self.crash_tail, e.meta.idea, read_finished(self.ws.events),
-                              in_flight=[t for t in in_flight if t])
+                              in_flight=[t for t in in_flight if t], hand_in=getattr(self.agent, "hand_in", "file"))
         self.crash_tail = None
         job = ProposalJob(ws=self.ws, exp_id=e.id, exp_dir=e.dir, base=self.head, prompt=prompt, agent=self.agent,
                           agent_timeout=self.cfg.agent_timeout, cancel=e.cancel, git_lock=self.git_lock,
@@ -520,8 +520,8 @@ class Engine:
         self._publish()
 
     def _maybe_pause_for_agent(self, out: ProposalOutcome) -> None:
-        if out.error_kind == "auth":  # a bad key fails every proposal the same way: no point in two more
-            self._pause_for(f"the agent cannot authenticate ({out.reason}); fix the key or login, then resume.")
+        if out.error_kind in ("auth", "version"):  # these fail every proposal the same way: no point in two more
+            self._pause_for(f"paused: {out.reason.rstrip('.')}; fix it, then resume.")
             self.agent_failures = 0
         elif self.agent_failures >= MAX_AGENT_FAILURES:
             self._pause_for(f"{self.agent_failures} proposals in a row gave no usable change; paused. Check the "

@@ -40,6 +40,7 @@ class AgentUsage:
     output_tokens: int | None = None
     cost_usd: float | None = None
     cost_estimated: bool = False  # a price from core.agents.pricing, not the vendor's own figure
+    turns: int | None = None
     error: str | None = None  # the agent's own one-sentence error (bad key, rate limit...)
     error_kind: str | None = None  # auth | rate_limit | network | version | other
 
@@ -52,6 +53,7 @@ class AgentUsage:
         return cls(name=_str(d.get("name"), 100), model=_str(d.get("model"), 100),
                    input_tokens=_int(d.get("input_tokens")), output_tokens=_int(d.get("output_tokens")),
                    cost_usd=_num(d.get("cost_usd")), cost_estimated=d.get("cost_estimated") is True,
+                   turns=_int(d.get("turns")),
                    error=_str(d.get("error"), 500), error_kind=_str(d.get("error_kind"), 20))
 
 

@@ -22,11 +22,19 @@ CONTRACT = """\
    are already installed.
 4. Do NOT run training, tests, benchmarks or package installs: the engine commits your change, trains it
    for the time budget, measures val_bpb and keeps or reverts it after you finish.
-5. When done, write a one-line description of the change (under 100 characters, no tabs, e.g.
+{hand_in}
+"""
+
+HAND_IN = {
+    "file": """5. When done, write a one-line description of the change (under 100 characters, no tabs, e.g.
    "MATRIX_LR 0.04 -> 0.05" or "SwiGLU MLP instead of ReLU^2") to the file named by the environment
    variable $AUTORESEARCH_PROPOSAL_FILE. If you cannot write that file, end your final message with a
-   line `DESCRIPTION: <one line>`.
-"""
+   line `DESCRIPTION: <one line>`.""",
+    "final_message": """5. You can read the files of your working directory and edit train.py; nothing else can be
+   written. When done, end your final message with one line `DESCRIPTION: <one line, under 100
+   characters, no tabs>` describing the change (e.g. "MATRIX_LR 0.04 -> 0.05" or "SwiGLU MLP instead of
+   ReLU^2"); the engine records it.""",
+}
 
 
 def _fence(text: str) -> str:
@@ -79,7 +87,7 @@ def results_table(ledger: Ledger, max_recent: int = MAX_RECENT_ROWS, finished: l
 
 
 def build_prompt(ws: Workspace, ledger: Ledger, best, crash_tail: str | None, idea: str | None,
-                 finished: list[Finished] = (), in_flight: list[str] = ()) -> str:
+                 finished: list[Finished] = (), in_flight: list[str] = (), hand_in: str = "file") -> str:
     """The whole prompt as Markdown (the engine writes it to $AUTORESEARCH_PROMPT_FILE)."""
     parts = ["# autoresearch: propose the next experiment",
              "You are the research agent of an autonomous ML research loop. The engine runs train.py for a "
@@ -135,5 +143,5 @@ def build_prompt(ws: Workspace, ledger: Ledger, best, crash_tail: str | None, id
                      "the rules further down) unless it is impossible; then say why in your description.\n\n"
                      + "\n".join("> " + ln for ln in text.splitlines()))
 
-    parts.append(CONTRACT.rstrip())
+    parts.append(CONTRACT.format(hand_in=HAND_IN.get(hand_in, HAND_IN["file"])).rstrip())
     return "\n\n".join(parts) + "\n"

@@ -131,12 +131,17 @@ def _propose_in(job: ProposalJob, wt: Path) -> ProposalOutcome:
                 agent_error = f"agent exited with code {res.returncode}" + (f": {last.strip()[:160]}" if last else "")
     propose_s = time.monotonic() - t0
     t1 = time.monotonic()
+    for home in exp_dir.glob("*-home-*"):  # a CLI wrapper's private config folder, left when it was killed
+        shutil.rmtree(home, ignore_errors=True)
     out = _validate(job, wt, res.tail if res else [], proposal_file)
     out.usage, out.propose_s, out.validate_s = usage, propose_s, time.monotonic() - t1
     if res is not None and res.cancelled:
         out.kind, out.reason = "cancelled", job.cancel_reason() or "cancelled"
     elif agent_error:
         out.kind, out.reason, out.error_kind = "agent_error", agent_error, usage.error_kind
+        # an agent's error output is never its description: only what it handed in, else nothing
+        out.description = describe.of_proposal(proposal_file, [], 0, 0) if _size(proposal_file) \
+            else "(agent failed)"
     return out
 
 

@@ -18,8 +18,9 @@ from model_servers import AnthropicServer, Call, Turn, anthropic_error, anthropi
 
 from core.agents import AGENTS, make_agent, resolve_auto
 from core.agents.base import AgentContext, agent_env
-from core.agents.cli import DESCRIPTION_NOTE, AgentError, check_version, description_from_text, one_sentence
+from core.agents.cli import AgentError, check_version, one_sentence
 from core.agents.pricing import estimate_cost, price_for
+from core.description import from_text as description_from_text
 from core.errors import UserError
 from core.workspace import Workspace
 
@@ -127,8 +128,8 @@ def test_claude_agent_runs_the_cli_confined(ws, bin_dir, tmp_path):
     assert {"--no-session-persistence", "--strict-mcp-config", "--disable-slash-commands", "--verbose"} <= set(argv)
     assert argv[argv.index("--output-format") + 1] == "stream-json"
     assert argv[argv.index("--model") + 1] == "claude-sonnet-4-6"
-    # the prompt goes to stdin, with the hand-in note: the CLI needs nothing outside its cwd
-    assert seen["prompt"].startswith("# prompt\nmake it better") and seen["prompt"].endswith(DESCRIPTION_NOTE)
+    # the prompt goes to stdin as the engine worded it: the CLI needs nothing outside its cwd
+    assert seen["prompt"].startswith("# prompt\nmake it better")
     assert seen["env"]["CLAUDE_CODE_DISABLE_AUTO_MEMORY"] == "1"
     home = Path(seen["home"])
     assert home.parent == ctx.proposal_file.parent and not home.exists()  # private, and removed afterwards
@@ -264,7 +265,7 @@ def test_codex_agent_runs_exec_in_its_sandbox(ws, bin_dir, tmp_path):
     disabled = {argv[i + 1] for i, a in enumerate(argv) if a == "--disable"}
     assert {"multi_agent", "memories", "unbounded_connection_retries"} <= disabled
     assert argv[argv.index("--model") + 1] == "gpt-5-codex"  # the catalog's first listed model, recorded exactly
-    assert seen["prompt"].startswith("codex prompt") and seen["prompt"].endswith(DESCRIPTION_NOTE)
+    assert seen["prompt"].startswith("codex prompt")
     assert not Path(seen["home"]).exists()
     assert "DEPTH = 9 " in (ws.root / "train.py").read_text()
     assert ctx.proposal_file.read_text().strip() == "DEPTH 8 -> 9"

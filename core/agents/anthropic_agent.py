@@ -17,10 +17,11 @@ import os
 import sys
 from pathlib import Path
 
+from ..description import from_text as description_from_text
 from ..errors import UserError
 from ..workspace import STATE_DIR
 from .base import Agent, AgentContext
-from .cli import Usage, description_from_text, one_sentence
+from .cli import Usage, one_sentence
 from .pricing import estimate_cost
 
 DEFAULT_MODEL = "claude-sonnet-4-6"

@@ -29,6 +29,9 @@ class Agent:
     """An agent proposes one change to train.py by running as a subprocess in the workspace."""
 
     name: str = "agent"
+    # how the description reaches the engine: "file" ($AUTORESEARCH_PROPOSAL_FILE) or "final_message" (a CLI
+    # that may write train.py only; its wrapper takes the `DESCRIPTION:` line of its final message)
+    hand_in: str = "file"
 
     def command(self, ctx: AgentContext) -> list[str]:
         """argv of the subprocess (cwd = the agent's checkout: the workspace, or its worktree)."""

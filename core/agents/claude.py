@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..description import from_text as description_from_text
 from .cli import (
     AgentError,
     CliAgent,
@@ -25,9 +26,7 @@ from .cli import (
     Usage,
     check_version,
     child_env,
-    cli_prompt,
     cli_version,
-    description_from_text,
     find_binary,
     private_home,
     read_prompt,
@@ -119,7 +118,7 @@ def run(usage: Usage, model: str | None, max_turns: int) -> None:
     if not binary:
         raise AgentError("other", MISSING)
     check_version("Claude Code", cli_version(binary), LOWEST_VERSION, BELOW_VERSION, INSTALL)
-    prompt = cli_prompt(read_prompt())
+    prompt = read_prompt()  # the engine worded the hand-in for this agent (Agent.hand_in)
     usage.model = model
     state: dict = {"result": None, "texts": [], "api_error": None}
 

@@ -34,13 +34,6 @@ from .base import Agent, AgentContext
 ERROR_KINDS = ("auth", "rate_limit", "network", "version", "other")
 
 # Appended to the engine's prompt: a CLI agent may write train.py only, so the wrapper records the description.
-DESCRIPTION_NOTE = (
-    "\n\n## How to hand in (this agent)\n"
-    "You can read the files of your working directory and edit train.py; nothing else can be written "
-    "(not even $AUTORESEARCH_PROPOSAL_FILE: it is filled in from your final message). When you are done, "
-    "end your final message with one line `DESCRIPTION: <one line, under 100 characters>`.\n")
-
-
 class AgentError(Exception):
     """A failure a person can act on: one sentence, and which kind it is (see ERROR_KINDS)."""
 
@@ -87,6 +80,7 @@ class CliAgent(Agent):
     module = ""
     binary = ""
     missing = ""
+    hand_in = "final_message"
 
     def __init__(self, config: dict):
         if not find_binary(self.binary):
@@ -150,20 +144,6 @@ def read_prompt() -> str:
         return Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise UserError(f"cannot read the prompt file {path} ({e.strerror}).") from None
-
-
-def cli_prompt(prompt: str) -> str:
-    return prompt.rstrip() + DESCRIPTION_NOTE
-
-
-def description_from_text(text: str) -> str | None:
-    """`DESCRIPTION: ...` from the agent's final message, else its last non-empty line."""
-    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        low = ln.lstrip("*_`# ").lower()
-        if low.startswith("description:"):
-            return ln.split(":", 1)[1].strip(" *_`") or None
-    return lines[-1].strip("*_` ") if lines else None
 
 
 def write_proposal(description: str | None) -> None:

@@ -23,6 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..description import from_text as description_from_text
 from .cli import (
     AgentError,
     CliAgent,
@@ -30,9 +31,7 @@ from .cli import (
     Usage,
     check_version,
     child_env,
-    cli_prompt,
     cli_version,
-    description_from_text,
     find_binary,
     private_home,
     read_prompt,
@@ -158,7 +157,7 @@ def run(usage: Usage, model: str | None) -> None:
     check_version("Codex", cli_version(binary), LOWEST_VERSION, BELOW_VERSION, INSTALL)
     if not any(os.environ.get(v) for v in CREDENTIALS):
         raise AgentError("auth", f"Codex has no credentials: {AUTH_HINT}")
-    prompt = cli_prompt(read_prompt())
+    prompt = read_prompt()  # the engine worded the hand-in for this agent (Agent.hand_in)
     state: dict = {"messages": [], "failed": None, "last_error": None, "argv_error": None, "completed": 0}
     usage.extra.update(cached_input_tokens=0, reasoning_output_tokens=0)
 
