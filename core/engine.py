@@ -390,7 +390,8 @@ class Engine:
     # --- experiments ---------------------------------------------------------------------------------
     def _new_exp(self, kind: str, **fields) -> Exp:
         exp_id = next_experiment_id(self.ws)
-        self.started += 1
+        if kind != "confirmation":  # --max counts experiments; the confirmations they need come on top
+            self.started += 1
         meta = ExperimentMeta(id=exp_id, tag=self.cfg.tag, branch=self.branch, kind=kind,
                               started_at=time.time(), tsv_offset=_size(self.ws.results_tsv), **fields)
         e = Exp(meta=meta, dir=self.ws.experiment_dir(exp_id))
@@ -599,9 +600,8 @@ class Engine:
                                      - sum(m.timings.get(k, 0) for k in ("propose_s", "validate_s")), 3)
         m.status = "training"
         e.save()
-        if m.kind == "proposal" and e.outcome is not None and e.outcome.patch:
-            patch = self.rat.diff(self.head, m.commit)
-            (e.dir / "diff.patch").write_text(patch, encoding="utf-8")
+        if m.kind != "baseline":  # what is trained: the change against the best it starts from
+            (e.dir / "diff.patch").write_text(self.rat.diff(self.head, m.commit), encoding="utf-8")
         e.slot, e.phase = slot, "starting"
         logs = [e.dir / "train.log"] + ([self.ws.run_log] if slot.id == self.slots[0].id else [])
         spec = RunSpec(exp_id=e.id, files=files, logs=tuple(logs), metrics_out=e.dir / "metrics.json",
@@ -669,7 +669,6 @@ class Engine:
         m = e.meta
         text = merge_text(self.rat.show_file(m.parent, EDITABLE_FILE) or "",
                           self.rat.show_file(self.head, EDITABLE_FILE) or "", e.train_py or "")
-        limit = self.cfg.max_experiments
         if text is None:
             self._record(e, "discard", val, result.memory_gb,
                          f"{why} on its base, but it does not apply on the new best {self.head[:7]} "
@@ -677,15 +676,12 @@ class Engine:
             if m.description:
                 control.queue_idea(self.ws, f"Redo on the current train.py (it conflicted): {m.description}")
             return
-        if limit is not None and self.started >= limit:
-            self._record(e, "discard", val, result.memory_gb,
-                         f"{why} on its base, but the best moved to {self.best_id} and --max {limit} leaves no "
-                         f"experiment to confirm it (keep it by hand: autoresearch keep {e.id})")
-            return
         c = self._new_exp("confirmation", description=m.description, base=m.parent, confirms=e.id, status="queued",
                           lines_added=m.lines_added, lines_removed=m.lines_removed, idea=m.idea)
         c.train_py = text
         c.save()
+        (c.dir / "agent.log").write_text(f"confirmation of {e.id}: its change, applied onto the best {self.head[:7]} "
+                                         f"({self.best_id}), is trained again; no agent runs.\n", encoding="utf-8")
         m.confirmed_by = c.id
         self.events.emit("experiment_started", c.id, parent=self.head, baseline=False, kind="confirmation",
                          confirms=e.id)
