@@ -120,7 +120,8 @@ def test_a_keep_while_another_run_trains_is_confirmed_on_the_new_best(tmp_path):
     assert f"trains again on it as {conf}" in fin["0002"]["reason"]
     m = meta(ws, conf)
     assert m["kind"] == "confirmation" and m["confirms"] == "0002" and m["parent"] == meta(ws, "0003")["commit"]
-    assert [r[4] for r in tsv_rows(ws)][-1] == "slow, better"  # rows in finish order: the confirmation last
+    commits = [r[0] for r in tsv_rows(ws)]  # rows in finish order: the confirmation after the run it confirms
+    assert commits.index(meta(ws, conf)["commit"][:7]) > commits.index(meta(ws, "0002")["commit"][:7])
     best_train = git(ws.root, "show", "HEAD:train.py")
     assert "QUALITY = 0.95" in best_train and "BONUS = 0.1" in best_train  # both improvements on the branch
     assert_exact_ratchet(ws)
