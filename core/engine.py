@@ -29,7 +29,7 @@ from .lock import EngineLock
 from .meta import ExperimentMeta, write_meta
 from .procs import ProcessId
 from .proposer import ProposalJob, ProposalOutcome, make_proposal
-from .ratchet import Ratchet, branch_name, experiment_ref, merge_text, numstat
+from .ratchet import Ratchet, branch_name, experiment_ref, numstat
 from .status import HEARTBEAT_S, Best, Proposal, SlotRun, StatusWriter
 from .training import TrainResult, budget_of, default_timeout
 from .validate import PERSON_FILES
@@ -562,7 +562,7 @@ class Engine:
         if self._same_train(base, self.head):
             text = e.train_py
         else:
-            text = merge_text(self.rat.show_file(base, EDITABLE_FILE) or "",
+            text = self.rat.merge(self.rat.show_file(base, EDITABLE_FILE) or "",
                               self.rat.show_file(self.head, EDITABLE_FILE) or "", e.train_py or "")
         if text is None:
             if e.rebases >= MAX_REBASES:
@@ -582,12 +582,14 @@ class Engine:
 
     def _start_run(self, e: Exp, slot: Slot) -> None:
         m = e.meta
-        if m.kind != "baseline" or m.commit is None:
+        new_commit = m.kind != "baseline" or m.commit is None
+        if new_commit:
             m.commit = self.rat.commit_file(self.head, e.train_py, _commit_message(m))
             m.parent = self.head
         with self.git_lock:
             self.rat.set_ref(experiment_ref(e.id), m.commit)
-        faults.point("committed")  # the experiment's commit and ref exist, its folder does not name them yet
+        if new_commit:
+            faults.point("committed")  # the experiment's commit and ref exist, its folder does not name them yet
         m.reference_val_bpb, m.reference_id = self.best_val, self.best_id
         m.slot = {"id": slot.id, "label": slot.label, "gpu": slot.gpu, "node": slot.node}
         files = {name: self.rat.show_file(self.head, name) for name in ("prepare.py", "constants.py")}
@@ -667,7 +669,7 @@ class Engine:
         """It beat the best it started from, but another run was kept meanwhile: its change goes onto the new
         best and that combination trains first (a confirmation run) before anything can be kept."""
         m = e.meta
-        text = merge_text(self.rat.show_file(m.parent, EDITABLE_FILE) or "",
+        text = self.rat.merge(self.rat.show_file(m.parent, EDITABLE_FILE) or "",
                           self.rat.show_file(self.head, EDITABLE_FILE) or "", e.train_py or "")
         if text is None:
             self._record(e, "discard", val, result.memory_gb,

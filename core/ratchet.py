@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
+from .workspace import STATE_DIR
 
 BRANCH_PREFIX = "autoresearch/"
 EXPERIMENT_REF_PREFIX = "refs/autoresearch/experiments/"
@@ -92,6 +93,16 @@ class Ratchet:
         if not self._config("user.email") or not self._config("user.name"):
             # commits must work in a fresh repo without a configured identity
             self._git.update_environment(**_IDENTITY)
+
+    def _tmp(self) -> Path:
+        """Scratch files of git plumbing (temporary indexes, blobs): inside the workspace's state folder, where
+        recovery after kill -9 finds and removes them (never in the shared TMPDIR)."""
+        d = self.root / STATE_DIR / "tmp"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def merge(self, base: str, ours: str, theirs: str) -> str | None:
+        return merge_text(base, ours, theirs, self._tmp())
 
     def _config(self, key: str) -> str:
         try:
@@ -216,7 +227,7 @@ class Ratchet:
         """A commit of parent plus the working-tree state of paths, made through a temporary index: nothing
         checked out, no branch moved. Keeps rejected or interrupted proposals browsable. No paths: a commit
         with parent's tree (still a distinct sha, so its results.tsv row has its own commit)."""
-        fd, index = tempfile.mkstemp(prefix="autoresearch-index-")
+        fd, index = tempfile.mkstemp(prefix="index-", dir=self._tmp())
         os.close(fd)
         os.unlink(index)  # git wants to create it itself
         env = {"GIT_INDEX_FILE": index}
@@ -235,14 +246,14 @@ class Ratchet:
     def commit_file(self, parent: str, text: str, message: str, path: str = EDITABLE) -> str:
         """A commit of parent with one file's content replaced, made through a temporary index: nothing checked
         out, no branch moved (an experiment's commit, made while another slot's run may be training)."""
-        fd, tmp = tempfile.mkstemp(prefix="autoresearch-blob-")
+        fd, tmp = tempfile.mkstemp(prefix="blob-", dir=self._tmp())
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
         try:
             blob = self.git("hash-object", "-w", "--", tmp).strip()
         finally:
             os.unlink(tmp)
-        fd, index = tempfile.mkstemp(prefix="autoresearch-index-")
+        fd, index = tempfile.mkstemp(prefix="index-", dir=self._tmp())
         os.close(fd)
         os.unlink(index)
         env = {"GIT_INDEX_FILE": index}
@@ -333,10 +344,10 @@ class Ratchet:
         self.git(*args)
 
 
-def merge_text(base: str, ours: str, theirs: str) -> str | None:
+def merge_text(base: str, ours: str, theirs: str, tmp: Path | None = None) -> str | None:
     """Three-way merge of one file (git merge-file): the change base -> theirs applied onto ours, or None if the
     two changes conflict."""
-    d = tempfile.mkdtemp(prefix="autoresearch-merge-")
+    d = tempfile.mkdtemp(prefix="merge-", dir=tmp)
     try:
         paths = []
         for name, text in (("ours", ours), ("base", base), ("theirs", theirs)):

@@ -11,7 +11,7 @@ from typing import Callable
 
 from . import journal, ledger
 from .errors import UserError
-from .events import EventLog
+from .events import EventLog, read_finished
 from .meta import ACTIVE, ExperimentMeta, read_meta, write_meta
 from .procs import kill_group, pid_alive
 from .ratchet import Ratchet, experiment_ref
@@ -77,6 +77,7 @@ def remove_leftovers(ws: Workspace, rat: Ratchet) -> None:
         shutil.rmtree(wt_root, ignore_errors=True)
     rat.git("worktree", "prune")
     shutil.rmtree(ws.state_dir / "runs", ignore_errors=True)
+    shutil.rmtree(ws.state_dir / "tmp", ignore_errors=True)
     for folder in [ws.state_dir] + ([p for p in ws.experiments_dir.iterdir() if p.is_dir()][-RECENT:]
                                     if ws.experiments_dir.is_dir() else []):
         for p in folder.glob(".*.tmp"):
@@ -101,6 +102,7 @@ def recover(ws: Workspace, rat: Ratchet, events: EventLog, log: Callable[[str], 
     interrupted = bool(done) or (st is not None and st.status != "stopped")
     if interrupted:
         _restore_branch(ws, rat, log)
+        _backfill_events(ws, events)
     return done
 
 
@@ -134,6 +136,19 @@ def _recover_one(ws: Workspace, rat: Ratchet, events: EventLog, meta: Experiment
     events.emit("experiment_finished", meta.id, status=status, val_bpb=meta.val_bpb, memory_gb=meta.memory_gb,
                 commit=commit, description=meta.description, reason=reason,
                 reference=meta.reference_val_bpb, kind=meta.kind)
+
+
+def _backfill_events(ws: Workspace, events: EventLog) -> None:
+    """An experiment whose record was complete when the engine died just before announcing it: the event log
+    gets its experiment_finished (the dashboard rebuilds its view from the events)."""
+    said = {f.exp_id for f in read_finished(ws.events)}
+    d = ws.experiments_dir
+    for exp_id in sorted((p.name for p in d.iterdir() if p.name.isdigit()), key=int)[-RECENT:]:
+        meta = read_meta(d / exp_id)
+        if meta is not None and meta.finished and exp_id not in said:
+            events.emit("experiment_finished", exp_id, status=meta.status, val_bpb=meta.val_bpb,
+                        memory_gb=meta.memory_gb, commit=meta.commit, description=meta.description,
+                        reason=meta.reason, reference=meta.reference_val_bpb, kind=meta.kind)
 
 
 def _restore_branch(ws: Workspace, rat: Ratchet, log: Callable[[str], None]) -> None:
