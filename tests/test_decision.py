@@ -1,0 +1,137 @@
+"""The keep rules: `plain` (upstream's, unchanged) and `noise` (beyond z·σ, borderline wins confirmed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.decision import confidence, decide, decide_noise
+
+# Dyadic numbers: best - val_bpb and z·σ are exact in binary floating point, so the edges are the edges.
+BEST = 1.0
+SIGMA = 0.125  # z = 2 -> bar 0.25
+
+
+# --- plain: upstream's rule, exactly as before ----------------------------------------------------------
+
+def test_plain_rule_is_unchanged():
+    assert decide(0.99, None, 0, 0).reason == "baseline"
+    assert decide(0.99, 1.0, 1, 1).status == "keep"
+    assert decide(1.0, 1.0, 1, 1).status == "discard"
+    assert decide(1.0, 1.0, 1, 1).reason == "no improvement"
+    assert decide(1.01, 1.0, 1, 1).reason == "worse by 0.010000"
+    assert decide(0.999, 1.0, 1, 1, min_delta=0.002).status == "discard"
+    assert decide(1.0004, 1.0, 1, 5).simplification
+    d = decide(0.99, 1.0, 1, 1)
+    assert (d.z, d.sigma, d.bar, d.runs) == (None, None, None, 1)  # the new fields stay empty under plain
+    assert confidence(d) == ""
+
+
+# --- noise: the band's edges ----------------------------------------------------------------------------
+
+def test_a_gain_beyond_the_bar_is_kept_with_its_z_score():
+    d = decide_noise(BEST - 0.375, BEST, SIGMA)
+    assert d.status == "keep" and not d.simplification
+    assert d.z == 3.0 and d.bar == 0.25 and d.mean == 0.625 and d.runs == 1
+    assert d.reason == "improved by 0.38 (z 3.0, σ 0.12)"
+    assert confidence(d) == "z 3.0"
+
+
+def test_a_gain_exactly_on_the_bar_is_borderline_not_kept():
+    d = decide_noise(BEST - 0.25, BEST, SIGMA)  # the gain must be larger than z·σ
+    assert d.status == "confirm"
+    assert d.z == 2.0
+    assert d.reason.startswith("borderline: better by 0.25 (z 2.0, σ 0.12)")
+
+
+def test_the_edge_holds_for_decimal_inputs_too():
+    # 2.1 - 1.9 is 0.20000000000000018 in floating point: still on the bar, not beyond it
+    assert decide_noise(1.9, 2.1, 0.1).status == "confirm"
+    assert decide_noise(1.9 - 1e-9, 2.1, 0.1).status == "keep"
+    assert decide_noise(0.9988, 1.0, 0.0006).status == "confirm"  # gain 0.0012 = 2 x 0.0006
+
+
+def test_just_beyond_the_bar_is_kept():
+    assert decide_noise(BEST - 0.25 - 2**-20, BEST, SIGMA).status == "keep"
+
+
+def test_a_small_gain_is_borderline_and_confirmed_once():
+    d = decide_noise(BEST - 2**-20, BEST, SIGMA)
+    assert d.status == "confirm"
+    # confirmed: the mean of the two runs clears the bar
+    kept = decide_noise(BEST - 0.125, BEST, SIGMA, confirmations=[BEST - 0.5])
+    assert kept.status == "keep" and kept.runs == 2 and kept.mean == BEST - 0.3125
+    assert kept.reason == "improved by 0.31 on the mean of 2 runs (z 2.5, σ 0.12)"
+    assert confidence(kept) == "z 2.5 ×2"
+    # refuted: the mean is still inside the band, and there is no second confirmation
+    refuted = decide_noise(BEST - 0.125, BEST, SIGMA, confirmations=[BEST - 0.125])
+    assert refuted.status == "discard"
+    assert refuted.reason == "within noise on the mean of 2 runs: better by 0.12 (z 1.0, σ 0.12)"
+    # a mean exactly on the bar after confirmation is not kept either
+    assert decide_noise(BEST - 0.125, BEST, SIGMA, confirmations=[BEST - 0.375]).status == "discard"
+
+
+def test_more_confirmations_when_allowed():
+    d = decide_noise(BEST - 0.125, BEST, SIGMA, confirmations=[BEST - 0.125], max_confirmations=2)
+    assert d.status == "confirm" and d.runs == 2
+    assert decide_noise(BEST - 0.125, BEST, SIGMA, max_confirmations=0).status == "discard"
+
+
+def test_confirm_min_z_skips_hopeless_confirmations():
+    assert decide_noise(BEST - 0.0625, BEST, SIGMA, confirm_min_z=0.5).status == "discard"  # z 0.5: not above
+    assert decide_noise(BEST - 0.0625 - 2**-20, BEST, SIGMA, confirm_min_z=0.5).status == "confirm"
+
+
+def test_no_change_and_losses_are_discarded():
+    assert decide_noise(BEST, BEST, SIGMA).reason == "no change (z 0.0, σ 0.12)"
+    inside = decide_noise(BEST + 0.25, BEST, SIGMA)  # worse, exactly on the band's upper edge
+    assert inside.status == "discard" and inside.reason == "within noise: worse by 0.25 (z -2.0, σ 0.12)"
+    outside = decide_noise(BEST + 0.25 + 2**-20, BEST, SIGMA)
+    assert outside.status == "discard" and outside.reason == "worse by 0.25 (z -2.0, σ 0.12)"
+
+
+def test_min_delta_raises_the_bar_above_the_band():
+    d = decide_noise(BEST - 0.375, BEST, SIGMA, min_delta=0.5)  # z 3 clears z·σ, not min_delta
+    assert d.bar == 0.5 and d.status == "confirm"
+    refuted = decide_noise(BEST - 0.375, BEST, SIGMA, min_delta=0.5, confirmations=[BEST - 0.375])
+    assert refuted.status == "discard"
+    assert refuted.reason == "better by 0.38 on the mean of 2 runs (z 3.0, σ 0.12), not more than min_delta 0.5"
+    assert decide_noise(BEST - 0.5 - 2**-20, BEST, SIGMA, min_delta=0.5).status == "keep"
+    assert decide_noise(BEST - 0.375, BEST, SIGMA, min_delta=0.125).status == "keep"  # the band dominates
+
+
+def test_simplification_is_measured_against_the_same_band():
+    edge = decide_noise(BEST + 0.25, BEST, SIGMA, lines_added=1, lines_removed=4)
+    assert edge.status == "keep" and edge.simplification
+    assert edge.reason == "simplification (-3 lines) within 0.25 of the best (z -2.0, σ 0.12)"
+    beyond = decide_noise(BEST + 0.25 + 2**-20, BEST, SIGMA, lines_added=1, lines_removed=4)
+    assert beyond.status == "discard" and not beyond.simplification
+    # the same lines removed as added is no simplification
+    assert decide_noise(BEST + 0.125, BEST, SIGMA, lines_added=4, lines_removed=4).status == "discard"
+    # a simplification inside the band is kept at once, without a confirmation
+    assert decide_noise(BEST - 0.125, BEST, SIGMA, lines_added=0, lines_removed=2).status == "keep"
+    # a tiny σ: the tolerance still applies
+    tol = decide_noise(BEST + 0.0004, BEST, 0.0001, lines_removed=2, simplify_tolerance=0.0005)
+    assert tol.status == "keep" and tol.simplification
+
+
+def test_the_baseline_is_kept():
+    d = decide_noise(2.06, None, 0.1)
+    assert d.status == "keep" and d.reason == "baseline" and d.z is None
+
+
+def test_zero_sigma_degenerates_to_min_delta():
+    d = decide_noise(0.999, 1.0, 0.0)
+    assert d.status == "keep" and d.z is None and d.reason == "improved by 0.001000 (σ 0)"
+    assert decide_noise(1.0, 1.0, 0.0).status == "discard"
+
+
+@pytest.mark.parametrize("sigma", [float("nan"), float("inf"), -0.1, None])
+def test_a_bad_sigma_is_refused(sigma):
+    with pytest.raises(ValueError):
+        decide_noise(0.99, 1.0, sigma)
+
+
+def test_realistic_reasons_read_like_a_person_wrote_them():
+    assert decide_noise(0.99790, 1.0, 0.0006).reason == "improved by 0.0021 (z 3.5, σ 0.0006)"
+    assert decide_noise(1.000012, 1.0, 0.0006).reason == "within noise: worse by < 0.0001 (z 0.0, σ 0.0006)"
+    assert decide_noise(1.0005, 1.0, 0.0006).reason == "within noise: worse by 0.0005 (z -0.8, σ 0.0006)"
