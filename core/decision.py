@@ -48,7 +48,8 @@ def decide(val_bpb: float, best: float | None, lines_added: int, lines_removed: 
 def decide_noise(val_bpb: float, best: float | None, sigma: float, *, z: float = DEFAULT_Z,
                  min_delta: float = 0.0, lines_added: int = 0, lines_removed: int = 0,
                  simplify_tolerance: float = 0.0005, confirmations: Sequence[float] = (),
-                 max_confirmations: int = DEFAULT_MAX_CONFIRMATIONS, confirm_min_z: float = 0.0) -> Decision:
+                 max_confirmations: int = DEFAULT_MAX_CONFIRMATIONS, confirm_min_z: float = 0.0,
+                 best_runs: int | None = None, sure_z: float | None = None) -> Decision:
     """`--decide noise`: keep only a gain beyond the noise band; re-run a borderline win before keeping it.
 
     val_bpb: this commit's first run; confirmations: the val_bpbs of its later runs (same commit, other seeds),
@@ -61,26 +62,40 @@ def decide_noise(val_bpb: float, best: float | None, sigma: float, *, z: float =
     - a simplification (removes more lines than it adds) is kept when m <= best + max(z·σ, simplify_tolerance):
       a change that is not measurably worse and makes train.py shorter is worth having.
     The z-score is gain/σ (None when σ is 0). No best yet (the baseline): keep.
+
+    best_runs (optional): how many runs the best's value is the mean of. Given, σ above becomes the σ of the
+    difference of the two means, σ·sqrt(1/n + 1/best_runs) (n: this commit's runs): the best's own value is a
+    noisy measurement too, so two runs of one train.py differ by σ·sqrt(2), not σ. None: σ as given (the
+    issue's rule, "keep only beyond z·σ").
+
+    sure_z (optional, > z): a first run whose z-score clears the bar but not sure_z is confirmed too before it
+    is kept (a clear win, beyond sure_z, is kept at once). None: every win beyond the bar is kept at once.
     """
     if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma >= 0):
         raise ValueError(f"σ must be a finite number >= 0, got {sigma!r}")
     if z < 0 or min_delta < 0 or max_confirmations < 0:
         raise ValueError("z, min_delta and max_confirmations must be >= 0")
+    if best_runs is not None and best_runs < 1:
+        raise ValueError("best_runs must be >= 1")
     runs = [val_bpb, *confirmations]
     n = len(runs)
     m = math.fsum(runs) / n
     if best is None:
         return Decision("keep", False, "baseline", None, sigma, None, m, n)
-    band = z * sigma
+    s_cmp = sigma if best_runs is None else sigma * math.sqrt(1 / n + 1 / best_runs)
+    band = z * s_cmp
     bar = max(band, min_delta)
     gain = best - m
-    zs = gain / sigma if sigma > 0 else None
+    zs = gain / s_cmp if sigma > 0 else None
     dec = delta_decimals(sigma if sigma > 0 else None)
     of_runs = f" on the mean of {n} runs" if n > 1 else ""
     score = _score(zs, sigma)
     common = dict(z=zs, sigma=sigma, bar=bar, mean=m, runs=n)
 
     if gain > bar + EPS:
+        if sure_z is not None and n - 1 < max_confirmations and zs is not None and zs <= sure_z + EPS:
+            return Decision("confirm", False, f"promising: better by {_amount(gain, dec)} ({score}), below "
+                                              f"z {sure_z:g}; re-running it with another seed", **common)
         return Decision("keep", False, f"improved by {_amount(gain, dec)}{of_runs} ({score})", **common)
     simplify_band = max(band, simplify_tolerance)
     if lines_removed > lines_added and -gain <= simplify_band + EPS:

@@ -36,6 +36,13 @@ def _curve_points(curve: Iterable[Progress]) -> list[Progress]:
     return [p for p in curve if p.fraction is not None and p.loss is not None]
 
 
+def _loss_reached(points: Sequence[Progress], fraction: float) -> float | None:
+    """The loss at `fraction` of a curve that got there (a log that ends earlier says nothing about it)."""
+    if not points or points[-1].fraction + 1e-9 < fraction:
+        return None
+    return loss_at(points, fraction)
+
+
 @dataclass(frozen=True)
 class Calibration:
     """The loss spread across repeated runs of the unmodified baseline at each check point (from the noise runs)."""
@@ -76,7 +83,7 @@ def calibrate(noise_curves: Sequence[Sequence[Progress]], checkpoints: Sequence[
     usable = [c for c in usable if c]
     spreads: list[float | None] = []
     for c in cps:
-        vals = [v for v in (loss_at(curve, c) for curve in usable) if v is not None]
+        vals = [v for v in (_loss_reached(curve, c) for curve in usable) if v is not None]
         if len(vals) < MIN_NOISE_CURVES:
             spreads.append(None)
             continue
@@ -108,7 +115,7 @@ def margin_at(cal: Calibration, index: int, best_points: Sequence[Progress], fra
     spread = cal.spreads[index]
     if spread is None:
         return None
-    here = loss_at(best_points, fraction)
+    here = _loss_reached(best_points, fraction)
     remaining = max(0.0, here - best_points[-1].loss) if here is not None else 0.0
     return max(cal.k * spread, cal.r * remaining)
 
@@ -201,8 +208,7 @@ class Monitor:
             self.note = "early stop is off for this run: its progress went backwards (train.py changed its format?)"
             return self._give_note()
         self._last_fraction = p.fraction
-        out = None
-        assert self.cal is not None
+        assert self.cal is not None  # active implies a calibration
         cps = self.cal.checkpoints
         # a coarse curve may jump over several check points in one step: only the last one passed is checked
         passed = self._next
@@ -210,29 +216,20 @@ class Monitor:
             passed += 1
         if passed == self._next:
             return None
-        index = passed - 1
         self._next = passed
-        best_loss = loss_at(self.best, p.fraction)
+        index = passed - 1
+        best_loss = _loss_reached(self.best, p.fraction)
         margin = margin_at(self.cal, index, self.best, p.fraction)
-        if best_loss is None or margin is None:
-            v = Verdict(False, checkpoint=cps[index], fraction=p.fraction, loss=p.loss, best_loss=best_loss,
-                        margin=margin)
-            self.checked.append(v)
+        check = dict(checkpoint=cps[index], fraction=p.fraction, loss=p.loss, best_loss=best_loss, margin=margin)
+        if best_loss is None or margin is None or p.loss - best_loss <= margin:
+            self.checked.append(Verdict(False, **check))
             return None
-        gap = p.loss - best_loss
-        if gap > margin:
-            dec = _loss_decimals(margin)
-            out = Verdict(True, reason=(f"stopped early at {_pct(p.fraction)}: loss {p.loss:.{dec}f} vs "
-                                        f"{best_loss:.{dec}f} for the best at {_pct(p.fraction)} "
-                                        f"(margin {margin:.{dec}f})"),
-                          checkpoint=cps[index], fraction=p.fraction, loss=p.loss, best_loss=best_loss, margin=margin)
-            self.verdict = out
-        else:
-            self.checked.append(Verdict(False, checkpoint=cps[index], fraction=p.fraction, loss=p.loss,
-                                        best_loss=best_loss, margin=margin))
-        if out is not None:
-            self.checked.append(out)
-        return out
+        dec = _loss_decimals(margin)
+        self.verdict = Verdict(True, reason=(f"stopped early at {_pct(p.fraction)}: loss {p.loss:.{dec}f} vs "
+                                             f"{best_loss:.{dec}f} for the best at {_pct(p.fraction)} "
+                                             f"(margin {margin:.{dec}f})"), **check)
+        self.checked.append(self.verdict)
+        return self.verdict
 
     def finish(self) -> Verdict:
         """The run ended (or the log was read to its end): the stop if there was one, else no stop with a note
