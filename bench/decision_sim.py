@@ -33,12 +33,13 @@ good as `plain`'s at equal GPU time.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,8 +72,13 @@ class Param:
         return math.log2(x) if self.kind == "mul" else x / self.unit
 
     def moves(self, x: float) -> list[float]:
-        vals = [x * f for f in self.factors] if self.kind == "mul" else [x + s for s in self.steps]
-        return [round(min(max(v, self.lo), self.hi), 10) for v in vals]
+        return _moves(self, x)
+
+
+@functools.lru_cache(maxsize=None)
+def _moves(p: Param, x: float) -> list[float]:
+    vals = [x * f for f in p.factors] if p.kind == "mul" else [x + s for s in p.steps]
+    return list(dict.fromkeys(v for v in (round(min(max(v, p.lo), p.hi), 10) for v in vals) if v != x))
 
 
 # Five parameters hold the start's excess; four start at their optimum (any move costs a little); three have
@@ -109,6 +115,9 @@ class Scenario:
     startup_s: float
     budget_s: float
     eval_s: float
+    # "harsh" landscapes: every step of the parameters that start at their optimum or have no effect costs
+    # harm_sigma·σ (linear in the step): most moves are then slightly harmful, and keeping noise hurts
+    harm_sigma: float = 0.0
 
     def stopped_cost(self, fraction: float) -> float:
         """An early-stopped run's time in full runs: start-up and the part of the budget it trained."""
@@ -121,6 +130,8 @@ SCENARIOS = {
     "cpu": Scenario("cpu", "cpu", sigma=0.1, excess=0.4, optimum=1.66, decay=1.5, speed_noise=0.15,
                     speed_corr=0.7, jitter=0.5, points=20, startup_s=8, budget_s=40, eval_s=5),
 }
+SCENARIOS["h100-harsh"] = replace(SCENARIOS["h100"], name="h100-harsh", harm_sigma=0.5)
+SCENARIOS["cpu-harsh"] = replace(SCENARIOS["cpu"], name="cpu-harsh", harm_sigma=0.5)
 
 
 class Landscape:
@@ -141,22 +152,29 @@ class Landscape:
         d = [p.coord(x) - p.coord(p.opt) for p, x in zip(PARAMS, cfg)]
         return sum(a * di * di for a, di in zip(self.a, d)) + 2 * self.c * d[0] * d[4]
 
+    def _harm(self, cfg: tuple) -> float:
+        steps = sum(abs(p.coord(x) - p.coord(p.start)) for p, x in zip(PARAMS, cfg) if p.share == 0)
+        return self.scen.harm_sigma * self.scen.sigma * steps
+
     def truth(self, cfg: tuple) -> float:
         v = self._cache.get(cfg)
         if v is None:
-            v = self._cache[cfg] = self.scen.optimum + self.k * self._bowl(cfg)
+            v = self._cache[cfg] = self.scen.optimum + self.k * self._bowl(cfg) + self._harm(cfg)
         return v
 
     def shape(self, cfg: tuple) -> float:
         return sum(p.shape * (p.coord(x) - p.coord(p.start)) for p, x in zip(PARAMS, cfg))
 
 
-def measure(land: Landscape, cfg: tuple, rep: int, seed: int) -> tuple[float, list[Progress]]:
-    """The rep-th run of cfg: its val_bpb and its loss curve (the same draw in every policy)."""
+def measure(land: Landscape, cfg: tuple, rep: int, seed: int, with_curve: bool = True):
+    """The rep-th run of cfg: its val_bpb and its loss curve (the same draw in every policy; the val_bpb is the
+    first draw, so it does not depend on whether the curve is made)."""
     s = land.scen
     rng = random.Random(f"{seed}|{s.name}|{cfg}|{rep}")
     z = rng.gauss(0, 1)
     val = land.truth(cfg) + s.sigma * z
+    if not with_curve:
+        return val, []
     eta = s.speed_noise * (s.speed_corr * z + math.sqrt(1 - s.speed_corr**2) * rng.gauss(0, 1))
     shape = 0.1 * s.decay * land.shape(cfg)
     curve = []
@@ -169,7 +187,7 @@ def measure(land: Landscape, cfg: tuple, rep: int, seed: int) -> tuple[float, li
 
 def propose(best: tuple, tried: set, rng: random.Random) -> tuple | None:
     """One untried single-constant move from the best (as mutate); when every one was tried, two at once."""
-    singles = [(i, v) for i in range(len(PARAMS)) for v in dict.fromkeys(PARAMS[i].moves(best[i])) if v != best[i]]
+    singles = [(i, v) for i in range(len(PARAMS)) for v in PARAMS[i].moves(best[i])]
     fresh = [(i, v) for i, v in singles if (i, best[i], v) not in tried]
     if fresh:
         i, v = fresh[rng.randrange(len(fresh))]
@@ -206,12 +224,22 @@ class Outcome:
 def run_policy(policy: str, scen: Scenario, seed: int, budget: float, z: float = 2.0, noise_runs: int | None = None,
                confirm_min_z: float = 0.0, es_k: float = early_stop.NOISE_K, es_r: float = early_stop.WARMDOWN_R,
                checkpoints=early_stop.DEFAULT_CHECKPOINTS, diff: bool = False, pool: bool = False,
-               sure_z: float | None = None) -> Outcome:
+               sure_z: float | None = None, fresh_ref: bool = False) -> Outcome:
     """One policy on one seed until `budget` runs' worth of GPU time is spent.
 
+    policy: plain | noise | noise-c ("confirm every win": sure_z = inf and pooled σ) and either noise policy
+    with "+es" (early stop).
     diff: compare with the σ of the difference of the two means (decide_noise's best_runs); pool: σ pooled
-    over the baseline's runs and every confirmed commit's runs (core.noise.pooled_sigma) as they arrive.
+    over the baseline's runs and every confirmed commit's runs (core.noise.pooled_sigma) as they arrive;
+    fresh_ref: after a confirmed keep, the best's value is the mean of its confirmation runs only (the first
+    run was selected for being low: including it makes the reference optimistic).
     """
+    es = policy.endswith("+es")
+    base = policy.removesuffix("+es")
+    if base not in ("plain", "noise", "noise-c"):
+        raise ValueError(f"unknown policy {policy!r}")
+    if base == "noise-c":
+        sure_z, pool = math.inf if sure_z is None else sure_z, True
     land = Landscape(scen)
     out = Outcome()
     reps: dict[tuple, int] = {}
@@ -219,12 +247,12 @@ def run_policy(policy: str, scen: Scenario, seed: int, budget: float, z: float =
     def run(cfg):
         r = reps.get(cfg, 0)
         reps[cfg] = r + 1
-        return measure(land, cfg, r, seed)
+        return measure(land, cfg, r, seed, with_curve=es)
 
     best = land.start
     v0, c0 = run(best)
     out.cost += 1
-    use_noise = policy != "plain"
+    use_noise = base != "plain"
     sigma, cal = None, None
     best_curve = c0
     if use_noise:
@@ -236,7 +264,7 @@ def run_policy(policy: str, scen: Scenario, seed: int, budget: float, z: float =
         best_val = sum(v for v, _ in runs) / len(runs)  # every run of the baseline measures the best
         best_runs = len(runs)
         best_curve = runs[-1][1]
-        if policy == "noise+es":
+        if es:
             cal = early_stop.calibrate([c for _, c in runs], checkpoints, k=es_k, r=es_r)
     else:
         best_val, best_runs = v0, 1
@@ -272,9 +300,14 @@ def run_policy(policy: str, scen: Scenario, seed: int, budget: float, z: float =
                 groups.append([val, *confirmations])
                 sigma = pooled_sigma(groups)[0]
             new_val = d.mean
+            if fresh_ref and confirmations:
+                new_val = sum(confirmations) / len(confirmations)
+                d_runs = len(confirmations)
+            else:
+                d_runs = d.runs
         else:
             d = decide(val, best_val, 0, 0)
-            new_val = val
+            new_val, d_runs = val, 1
         if d.status == "keep":
             effect = land.truth(cfg) - land.truth(best)
             out.keeps += 1
@@ -283,7 +316,7 @@ def run_policy(policy: str, scen: Scenario, seed: int, budget: float, z: float =
                 out.false_keeps += 1
             else:
                 out.true_keeps += 1
-            best, best_val, best_curve, best_runs = cfg, new_val, curve, d.runs
+            best, best_val, best_curve, best_runs = cfg, new_val, curve, d_runs
     out.final_true = land.truth(best)
     out.claimed = best_val
     return out
@@ -294,11 +327,13 @@ class Summary:
     scenario: str
     policy: str
     seeds: int
-    final_true: float
-    final_true_se: float
+    final_true: float  # mean over seeds of the true val_bpb of the final best
+    vs_plain: float | None  # mean over seeds of (final true - plain's final true), same seeds
+    vs_plain_se: float | None
     gain: float
     keeps: float
     false_keep_rate: float | None
+    false_keep_harm: float | None  # mean true effect of the false keeps (>= 0)
     runs_per_true_improvement: float | None
     optimism: float  # claimed - true, mean
     proposals: float
@@ -311,26 +346,44 @@ class Summary:
     def row(self) -> str:
         fk = "-" if self.false_keep_rate is None else f"{100 * self.false_keep_rate:.1f} %"
         rpi = "-" if self.runs_per_true_improvement is None else f"{self.runs_per_true_improvement:.1f}"
-        d = 4 if self.scenario == "h100" else 3
-        return (f"{self.scenario:<5} {self.policy:<9} {self.final_true:>9.{d}f}±{self.final_true_se:<7.{d}f} "
-                f"{self.gain:>8.{d}f} {self.keeps:>6.1f} {fk:>9} {rpi:>8} {self.optimism:>+9.{d}f} "
-                f"{self.proposals:>6.1f} {self.confirmations:>6.1f} {self.noise_runs:>5.1f} {self.stopped:>6.1f} "
-                f"{self.stopped_good:>5.2f} {self.cost:>6.1f}")
+        d = 4 if self.scenario.startswith("h100") else 3
+        vp = "-" if self.vs_plain is None else f"{self.vs_plain:+.{d}f}±{self.vs_plain_se:.{d}f}"
+        harm = "-" if self.false_keep_harm is None else f"{self.false_keep_harm:.{d}f}"
+        return (f"{self.scenario:<10} {self.policy:<10} {self.final_true:>9.{d}f} {vp:>16} {self.gain:>7.{d}f} "
+                f"{self.keeps:>5.1f} {fk:>8} {harm:>7} {rpi:>7} {self.optimism:>+8.{d}f} {self.proposals:>5.1f} "
+                f"{self.confirmations:>5.1f} {self.noise_runs:>5.1f} {self.stopped:>5.1f} {self.stopped_good:>5.2f} "
+                f"{self.cost:>5.1f}")
 
 
-HEADER = (f"{'scen':<5} {'policy':<9} {'true final':>17} {'gain':>8} {'keeps':>6} {'false-kp':>9} {'runs/imp':>8} "
-          f"{'claimed-t':>9} {'props':>6} {'confs':>6} {'noise':>5} {'early':>6} {'e-good':>5} {'cost':>6}")
+HEADER = (f"{'scenario':<10} {'policy':<10} {'true final':>9} {'vs plain':>16} {'gain':>7} {'keeps':>5} {'false-kp':>8} "
+          f"{'fk harm':>7} {'runs/ti':>7} {'claimed':>8} {'props':>5} {'confs':>5} {'noise':>5} {'early':>5} "
+          f"{'e-ok':>5} {'cost':>5}")
+LEGEND = """\
+true final: true val_bpb of the final best (mean over seeds); vs plain: paired difference with plain on the same
+seeds (negative = better than plain) ± its standard error; gain: true improvement over the baseline; keeps: kept
+changes per seed; false-kp: kept changes whose true effect is >= 0 (pooled over seeds); fk harm: their mean true
+effect; runs/ti: GPU time (in full runs) per kept change that truly improved; claimed: the val_bpb the ledger holds
+for the final best minus its truth; props, confs, noise, early: proposals trained (fully or partly), confirmation
+runs, noise runs, early-stopped runs per seed; e-ok: early-stopped runs per seed that were truly better than the
+best and would have been kept; cost: GPU time spent, in full runs."""
 
 
-def summarize(scen: Scenario, policy: str, outs: list[Outcome], start_true: float) -> Summary:
+def summarize(scen: Scenario, policy: str, outs: list[Outcome], start_true: float,
+              plain: list[Outcome] | None = None) -> Summary:
     n = len(outs)
     finals = [o.final_true for o in outs]
     mean = sum(finals) / n
-    se = math.sqrt(sum((x - mean) ** 2 for x in finals) / (n - 1) / n) if n > 1 else 0.0
+    vs, vs_se = None, None
+    if plain is not None:
+        diffs = [o.final_true - p.final_true for o, p in zip(outs, plain)]
+        vs = sum(diffs) / n
+        vs_se = math.sqrt(sum((x - vs) ** 2 for x in diffs) / (n - 1) / n) if n > 1 else 0.0
     keeps = sum(o.keeps for o in outs)
     true_keeps = sum(o.true_keeps for o in outs)
-    return Summary(scen.name, policy, n, mean, se, start_true - mean, keeps / n,
-                   sum(o.false_keeps for o in outs) / keeps if keeps else None,
+    false_effects = [e for o in outs for e in o.effects if e >= 0]
+    return Summary(scen.name, policy, n, mean, vs, vs_se, start_true - mean, keeps / n,
+                   len(false_effects) / keeps if keeps else None,
+                   sum(false_effects) / len(false_effects) if false_effects else None,
                    sum(o.cost for o in outs) / true_keeps if true_keeps else None,
                    sum(o.claimed - o.final_true for o in outs) / n, sum(o.proposals for o in outs) / n,
                    sum(o.confirmations for o in outs) / n, sum(o.noise_runs for o in outs) / n,
@@ -338,52 +391,63 @@ def summarize(scen: Scenario, policy: str, outs: list[Outcome], start_true: floa
                    sum(o.cost for o in outs) / n)
 
 
-def simulate(scen: Scenario, policy: str, seeds: int, budget: float, **kw) -> Summary:
+def simulate(scen: Scenario, policy: str, seeds: int, budget: float, plain: list[Outcome] | None = None,
+             **kw) -> tuple[Summary, list[Outcome]]:
     outs = [run_policy(policy, scen, s, budget, **kw) for s in range(seeds)]
-    return summarize(scen, policy, outs, Landscape(scen).truth(Landscape(scen).start))
+    land = Landscape(scen)
+    return summarize(scen, policy, outs, land.truth(land.start), plain), outs
+
+
+POLICIES = ("plain", "noise", "noise+es", "noise-c", "noise-c+es")
+SWEEP = (  # (label, policy, options): one knob at a time
+    [(f"z={z:g}", "noise", {"z": z}) for z in (1.0, 1.5, 2.5, 3.0)]
+    + [(f"c z={z:g}", "noise-c", {"z": z}) for z in (0.5, 1.0, 1.5, 2.5, 3.0)]
+    + [(f"c K={k}", "noise-c", {"noise_runs": k}) for k in (1, 2, 3, 5, 8)]
+    + [("c fresh", "noise-c", {"fresh_ref": True}), ("diff", "noise", {"diff": True}),
+       ("c sure4", "noise-c", {"sure_z": 4.0}), ("minz 1", "noise", {"confirm_min_z": 1.0})]
+    + [(f"c+es r={r:g}", "noise-c+es", {"es_r": r}) for r in (0.0, 0.5, 2.0)]
+    + [(f"c+es k={k:g}", "noise-c+es", {"es_k": k}) for k in (2.0, 4.0)]
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=200)
+    ap.add_argument("--seeds", type=int, default=100)
     ap.add_argument("--budget", type=float, default=100.0, help="GPU time per policy, in full runs (default 100)")
     ap.add_argument("--scenarios", default="h100,cpu")
-    ap.add_argument("--sweep", action="store_true", help="also sweep z, noise runs, confirm_min_z and early stop")
+    ap.add_argument("--sweep", action="store_true", help="also sweep z, noise runs, the confirmation and early stop")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     t0 = time.monotonic()
     results = []
-    print(f"{args.seeds} seeds, {args.budget:g} runs of GPU time per policy; σ per scenario: "
-          + ", ".join(f"{n} {SCENARIOS[n].sigma:g}" for n in args.scenarios.split(",")))
+    names = args.scenarios.split(",")
+    print(f"{args.seeds} seeds, {args.budget:g} runs of GPU time per policy; σ: "
+          + ", ".join(f"{n} {SCENARIOS[n].sigma:g}" for n in names)
+          + "; noise runs per profile: " + ", ".join(f"{n} {default_noise_runs(SCENARIOS[n].profile)}"
+                                                       for n in names))
+    print("noise: z 2, a borderline win re-run once; noise-c: every win re-run once before it is kept, σ pooled "
+          "with the confirmation pairs; +es: early stop (core.early_stop defaults)\n")
     print(HEADER)
-    for name in args.scenarios.split(","):
+    plains = {}
+    for name in names:
         scen = SCENARIOS[name]
-        for policy in ("plain", "noise", "noise+es"):
-            s = simulate(scen, policy, args.seeds, args.budget)
+        for policy in POLICIES:
+            s, outs = simulate(scen, policy, args.seeds, args.budget, plains.get(name))
+            if policy == "plain":
+                plains[name] = outs
             results.append(s)
             print(s.row(), flush=True)
     if args.sweep:
-        print("\nsweep (noise rule; one knob at a time, the others at their defaults):")
+        print("\nsweep (one knob at a time; c = noise-c):")
         print(HEADER)
-        for name in args.scenarios.split(","):
-            scen = SCENARIOS[name]
-            variants = [("z", v, {"z": v}) for v in (1.0, 1.5, 2.5, 3.0)]
-            variants += [("noise_runs", v, {"noise_runs": v}) for v in (1, 2, 3, 5)]
-            variants += [("confirm_min_z", v, {"confirm_min_z": v}) for v in (0.5, 1.0)]
-            variants += [("diff", 1, {"diff": True}), ("pool", 1, {"pool": True}),
-                         ("z1+pool", 1, {"z": 1.0, "pool": True}), ("z1.5+pool", 1, {"z": 1.5, "pool": True})]
-            for knob, v, kw in variants:
-                s = simulate(scen, "noise", args.seeds, args.budget, **kw)
-                s.policy = f"{knob}={v:g}"[:9]
+        for name in names:
+            for label, policy, kw in SWEEP:
+                s, _ = simulate(SCENARIOS[name], policy, args.seeds, args.budget, plains[name], **kw)
+                s.policy = label
                 results.append(s)
                 print(s.row(), flush=True)
-            for knob, v, kw in [("es_r", v, {"es_r": v}) for v in (0.0, 0.5, 2.0)] + \
-                               [("es_k", v, {"es_k": v}) for v in (2.0, 4.0)]:
-                s = simulate(scen, "noise+es", args.seeds, args.budget, **kw)
-                s.policy = f"{knob}={v:g}"[:9]
-                results.append(s)
-                print(s.row(), flush=True)
-    print(f"\n({time.monotonic() - t0:.1f} s)")
+    print("\n" + LEGEND)
+    print(f"({time.monotonic() - t0:.1f} s)")
     if args.json:
         args.json.write_text(json.dumps([s.__dict__ for s in results], indent=1), encoding="utf-8")
     return 0

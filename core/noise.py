@@ -6,30 +6,32 @@ import math
 import os
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
 
 MIN_RUNS = 2  # a sample standard deviation needs two runs (the baseline's own run counts as one)
 
 # Extra runs of the unmodified baseline (beyond the baseline's own run) per hardware profile; see
 # default_noise_runs() for the reasons. Profiles not listed get DEFAULT_NOISE_RUNS.
-NOISE_RUNS = {"cpu": 2, "mps": 3, "6gb": 3, "24gb": 3, "a100-40gb": 3, "h100": 3}
+NOISE_RUNS = {"cpu": 3, "mps": 3, "6gb": 3, "24gb": 3, "a100-40gb": 3, "h100": 3}
 DEFAULT_NOISE_RUNS = 3
 
 
 def default_noise_runs(profile: str | None) -> int:
     """How many extra baseline runs `--noise-runs` does by default on a profile (0 turns the floor off).
 
-    The choice weighs the quality of σ against the GPU time it costs, both measured by bench/decision_sim.py:
-    - σ from n runs has a relative standard error of about 1/sqrt(2(n-1)); with the baseline plus 3 extra runs
-      (n = 4, 3 degrees of freedom) an estimate below half the true σ (a bar at 1σ instead of 2σ) happens in
-      about 4 % of tags, with 2 extra runs (n = 3) in about 12 %, with 1 extra run (n = 2) in about 38 %.
-    - GPU profiles (h100, a100-40gb, 24gb, 6gb, mps): a run is the 5-minute budget; 3 extra runs are 15
-      minutes, about 3 % of an 8-hour night of ~100 experiments, and borderline confirmations later pool
-      into the estimate (pooled_sigma). More runs buy little: the bar moves by a few percent.
-    - cpu (the demo): 2 extra runs. A person watching the demo waits for them before the first proposal
-      (~1 minute each); the CPU's noise (±0.1 bpb, mostly the step count under load) is so large that the
-      demo's point is to show that most changes are "within noise", which 3 runs already show.
+    3 on every profile: σ then comes from 4 runs (3 degrees of freedom), and each confirmation pair adds one
+    more (pooled_sigma). The numbers behind the choice (bench/decision_sim.py, 100 seeds, 100 runs of GPU
+    time, every win confirmed and σ pooled):
+    - false keeps (kept changes that are truly not better) with σ = 0.0005 (H100-like): 6.7 % with 1 extra
+      run, 5.7 % with 2, 4.5 % with 3, 4.4 % with 5, 4.0 % with 8; the true final val_bpb is the same for all;
+    - with σ = 0.1 (the CPU demo): 23 %, 20 %, 16 %, 13 %, 9 %; the true final val_bpb again does not change.
+    - with few runs σ is often far off: from 2 runs it is below half the true σ (a bar at 1σ instead of 2σ)
+      in 38 % of tags, from 3 runs in 22 %, from 4 runs in 14 %, from 6 runs in 6 %.
+    - cost: on a GPU profile a run is the 5-minute budget, 3 runs are 15 minutes (3 % of an 8-hour night);
+      on the CPU demo about 3 minutes before the first proposal is decided (proposals can be made meanwhile).
+    More runs buy little on GPUs; on the CPU demo nothing short of ~8 runs gets false keeps near 5 %, because
+    its effects are smaller than its noise (σ ≈ 0.1-0.2 with the cores shared).
     """
     if profile is None:
         return DEFAULT_NOISE_RUNS
@@ -125,13 +127,34 @@ class NoiseFloor:
     measured_at: float  # Unix epoch seconds
     experiments: tuple[str, ...] = field(default=())  # experiment ids of the runs, in val_bpbs' order
     num_steps: tuple[int, ...] = field(default=())  # optimizer steps of each run (the CPU's noise source)
+    # later groups of repeated runs of one commit (a win and its confirmation), pooled into sigma
+    groups: tuple[tuple[float, ...], ...] = field(default=())
 
     @property
     def runs(self) -> int:
-        return len(self.val_bpbs)
+        """Every run σ rests on: the baseline's runs and those of the pooled groups."""
+        return len(self.val_bpbs) + sum(len(g) for g in self.groups)
+
+    @property
+    def dof(self) -> int:
+        """Degrees of freedom of σ (runs minus one per group)."""
+        return len(self.val_bpbs) - 1 + sum(len(g) - 1 for g in self.groups)
+
+    def pooled_with(self, val_bpbs: Sequence[float]) -> "NoiseFloor":
+        """This floor with one more group of runs of one commit (a win and its confirmations) pooled into σ.
+
+        A group of one run adds nothing and returns the floor unchanged.
+        """
+        vals = tuple(_finite_values(val_bpbs, "val_bpb values"))
+        if len(vals) < 2:
+            return self
+        groups = (*self.groups, vals)
+        sigma, _ = pooled_sigma([self.val_bpbs, *groups])
+        return replace(self, sigma=sigma, groups=groups)
 
     @property
     def mean(self) -> float:
+        """The baseline's val_bpb as the mean of its runs (the reference the first decisions use)."""
         return math.fsum(self.val_bpbs) / len(self.val_bpbs)
 
     def describe(self) -> str:
@@ -141,7 +164,8 @@ class NoiseFloor:
     def to_json(self) -> dict:
         return {"sigma": self.sigma, "runs": self.runs, "val_bpbs": list(self.val_bpbs), "profile": self.profile,
                 "time_budget": self.time_budget, "hardware": self.hardware, "measured_at": self.measured_at,
-                "experiments": list(self.experiments), "num_steps": list(self.num_steps)}
+                "experiments": list(self.experiments), "num_steps": list(self.num_steps),
+                "groups": [list(g) for g in self.groups]}
 
     @classmethod
     def from_json(cls, data) -> "NoiseFloor":
@@ -164,10 +188,11 @@ class NoiseFloor:
         try:
             experiments = tuple(str(e) for e in data.get("experiments") or ())
             steps = tuple(int(s) for s in data.get("num_steps") or ())
+            groups = tuple(tuple(_finite_values(g, "groups")) for g in data.get("groups") or ())
         except (TypeError, ValueError) as e:
-            raise ValueError(f"a noise floor's experiments or num_steps are malformed ({e})") from None
+            raise ValueError(f"a noise floor's experiments, num_steps or groups are malformed ({e})") from None
         return cls(sigma, vals, None if profile is None else str(profile), budget, hardware, measured_at,
-                   experiments, steps)
+                   experiments, steps, groups)
 
 
 def measure(val_bpbs: Sequence[float], profile: str | None, time_budget: float, hardware: str,

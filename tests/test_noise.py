@@ -106,3 +106,18 @@ def test_format_sigma_and_decimals_follow_the_noise():
     assert noise.delta_decimals(0.0006) == 4
     assert noise.delta_decimals(0.1) == 2
     assert noise.delta_decimals(None) == 6
+
+
+def test_a_confirmation_pair_is_pooled_into_the_floor():
+    floor = measure([1.0, 1.2, 1.1], "cpu", 40, "cpu x86_64 x2", measured_at=0)
+    assert floor.dof == 2 and floor.runs == 3
+    pooled = floor.pooled_with([2.0, 2.2])
+    assert pooled.groups == ((2.0, 2.2),)
+    assert pooled.runs == 5 and pooled.dof == 3
+    assert pooled.sigma == pytest.approx(math.sqrt(0.04 / 3))
+    assert pooled.val_bpbs == floor.val_bpbs and pooled.mean == floor.mean  # the baseline's value is unchanged
+    assert floor.pooled_with([3.0]) is floor  # one run: nothing to pool
+    assert NoiseFloor.from_json(json.loads(json.dumps(pooled.to_json()))) == pooled
+    assert pooled.describe() == "noise σ 0.12 from 5 runs"
+    with pytest.raises(ValueError):
+        floor.pooled_with([1.0, float("nan")])
