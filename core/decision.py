@@ -98,8 +98,9 @@ def decide_noise(val_bpb: float, best: float | None, sigma: float, *, z: float =
 
     if gain > bar + EPS:
         if sure_z is not None and n - 1 < max_confirmations and zs is not None and zs <= sure_z + EPS:
-            return Decision("confirm", False, f"promising: better by {_amount(gain, dec)} ({score}), below "
-                                              f"z {sure_z:g}; re-running it with another seed", **common)
+            beyond = "" if math.isinf(sure_z) else f", not beyond z {sure_z:g}"
+            return Decision("confirm", False, f"promising: better by {_amount(gain, dec)} ({score}){beyond}; "
+                                              "re-running it with another seed before keeping it", **common)
         return Decision("keep", False, f"improved by {_amount(gain, dec)}{of_runs} ({score})", **common)
     simplify_band = max(band, simplify_tolerance)
     if lines_removed > lines_added and -gain <= simplify_band + EPS:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.decision import confidence, decide, decide_noise
+from core.decision import CONFIRM_EVERY_WIN, confidence, decide, decide_noise
 
 # Dyadic numbers: best - val_bpb and z·σ are exact in binary floating point, so the edges are the edges.
 BEST = 1.0
@@ -135,3 +135,34 @@ def test_realistic_reasons_read_like_a_person_wrote_them():
     assert decide_noise(0.99790, 1.0, 0.0006).reason == "improved by 0.0021 (z 3.5, σ 0.0006)"
     assert decide_noise(1.000012, 1.0, 0.0006).reason == "within noise: worse by < 0.0001 (z 0.0, σ 0.0006)"
     assert decide_noise(1.0005, 1.0, 0.0006).reason == "within noise: worse by 0.0005 (z -0.8, σ 0.0006)"
+
+
+def test_every_win_can_be_confirmed_before_it_is_kept():
+    d = decide_noise(BEST - 0.375, BEST, SIGMA, sure_z=CONFIRM_EVERY_WIN)
+    assert d.status == "confirm"
+    assert d.reason == ("promising: better by 0.38 (z 3.0, σ 0.12); re-running it with another seed before "
+                        "keeping it")
+    assert decide_noise(BEST - 0.375, BEST, SIGMA, sure_z=CONFIRM_EVERY_WIN,
+                        confirmations=[BEST - 0.375]).status == "keep"
+    assert decide_noise(BEST - 0.375, BEST, SIGMA, sure_z=CONFIRM_EVERY_WIN,
+                        confirmations=[BEST - 0.125]).status == "discard"  # mean 0.25: on the bar
+    # a clear win beyond sure_z is kept at once; a win on sure_z exactly is still confirmed
+    assert decide_noise(BEST - 0.625, BEST, SIGMA, sure_z=4.0).status == "keep"
+    on = decide_noise(BEST - 0.5, BEST, SIGMA, sure_z=4.0)
+    assert on.status == "confirm" and "not beyond z 4" in on.reason
+    # losers are not confirmed
+    assert decide_noise(BEST + 0.5, BEST, SIGMA, sure_z=CONFIRM_EVERY_WIN).status == "discard"
+
+
+def test_best_runs_compares_with_the_sigma_of_the_difference():
+    # two runs each: the difference of the means has σ·sqrt(1/2 + 1/2) = σ, the same band as the plain z·σ
+    d = decide_noise(BEST - 0.25, BEST, SIGMA, confirmations=[BEST - 0.25], best_runs=2)
+    assert d.bar == 0.25 and d.status == "discard"  # on the bar
+    # one run against a single-run best: σ·sqrt(2), so a 2.4σ gain is only z 1.7 there
+    one = decide_noise(BEST - 0.3, BEST, SIGMA, best_runs=1)
+    assert one.status == "confirm"
+    assert one.z == pytest.approx(0.3 / (SIGMA * 2**0.5))
+    assert one.bar == pytest.approx(2 * SIGMA * 2**0.5)
+    assert decide_noise(BEST - 0.3, BEST, SIGMA).status == "keep"  # without best_runs: z·σ = 0.25
+    with pytest.raises(ValueError):
+        decide_noise(0.9, BEST, SIGMA, best_runs=0)
