@@ -166,3 +166,47 @@ def test_best_runs_compares_with_the_sigma_of_the_difference():
     assert decide_noise(BEST - 0.3, BEST, SIGMA).status == "keep"  # without best_runs: z·σ = 0.25
     with pytest.raises(ValueError):
         decide_noise(0.9, BEST, SIGMA, best_runs=0)
+
+
+# --- bench/decision_sim.py: the simulation's own guarantees (a few runs, no statistics tuned to pass) -----
+
+def load_sim(monkeypatch):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "decision_sim.py"
+    spec = importlib.util.spec_from_file_location("decision_sim", path)
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "decision_sim", mod)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_simulation_draws_the_same_noise_for_the_same_run_in_every_policy(monkeypatch):
+    import statistics
+
+    ds = load_sim(monkeypatch)
+    scen = ds.SCENARIOS["h100"]
+    land = ds.Landscape(scen)
+    assert land.truth(land.start) == pytest.approx(scen.optimum + scen.excess)
+    v1, curve = ds.measure(land, land.start, 3, seed=7)
+    v2, no_curve = ds.measure(land, land.start, 3, seed=7, with_curve=False)
+    assert v1 == v2 and len(curve) == scen.points and no_curve == []
+    assert ds.measure(land, land.start, 4, seed=7)[0] != v1
+    vals = [ds.measure(land, land.start, r, seed=1, with_curve=False)[0] for r in range(2000)]
+    assert statistics.stdev(vals) == pytest.approx(scen.sigma, rel=0.05)  # the noise model is N(truth, σ)
+
+
+def test_a_simulated_policy_is_deterministic_and_spends_its_budget(monkeypatch):
+    ds = load_sim(monkeypatch)
+    scen = ds.SCENARIOS["cpu"]
+    for policy in ("plain", "noise", "noise-c+es"):
+        a = ds.run_policy(policy, scen, seed=3, budget=20)
+        b = ds.run_policy(policy, scen, seed=3, budget=20)
+        assert a == b
+        assert 20 <= a.cost < 22  # the last proposal may still need its confirmation run
+        assert a.keeps == a.true_keeps + a.false_keeps == len(a.effects)
+    assert ds.run_policy("noise", scen, seed=3, budget=20).noise_runs == 3
+    with pytest.raises(ValueError):
+        ds.run_policy("bogus", scen, seed=0, budget=5)

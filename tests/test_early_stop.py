@@ -166,3 +166,65 @@ def test_a_check_point_the_noise_runs_never_reached_is_skipped():
         mon.feed(p)
     assert not mon.finish().stop  # 0.5 behind is inside 40 %'s warm-down allowance; 60 and 80 % have no margin
     assert [c.margin is None for c in mon.checked] == [False, True, True]
+
+
+# --- bench/early_stop_backtest.py on a recorded workspace (files written here, no trainer) ---------------
+
+def _record(ws, exp_id, status, val, commit, parent, curve_points, training_s=20.0):
+    import json
+
+    d = ws / ".autoresearch" / "experiments" / exp_id
+    d.mkdir(parents=True)
+    (d / "meta.json").write_text(json.dumps({"id": exp_id, "status": status, "val_bpb": val, "commit": commit,
+                                             "parent": parent, "description": f"run {exp_id}",
+                                             "metrics": {"training_seconds": training_s, "eval_seconds": 4.0}}))
+    (d / "train.log").write_text("device: cpu\n" + "".join(line(p) for p in curve_points) + "\n---\n")
+
+
+def load_bench(name: str, monkeypatch):
+    """A bench script as a module (bench/ is not a package)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "bench" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, mod)  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_backtest_replays_each_run_against_the_best_of_its_time(tmp_path, monkeypatch, capsys):
+    bt = load_bench("early_stop_backtest", monkeypatch)
+
+    ws = tmp_path / "ws"
+    _record(ws, "0001", "keep", 2.0, "a" * 40, "a" * 40, curve(lambda f: 0.3))
+    _record(ws, "0002", "keep", 1.9, "b" * 40, "a" * 40, curve())  # ahead of 0001 all along
+    _record(ws, "0003", "discard", 2.5, "c" * 40, "b" * 40, curve(lambda f: 0.6))  # a clear loser against 0002
+    _record(ws, "0004", "keep", 1.8, "d" * 40, "b" * 40, curve(lambda f: 1.5 * (1 - f) ** 2 - 0.05))  # late win
+    _record(ws, "0005", "crash", None, "e" * 40, "d" * 40, [])
+    noise_dir = tmp_path / "noise"
+    noise_dir.mkdir()
+    for i, c in enumerate(noise_curves()):
+        (noise_dir / f"run-{i:02d}.log").write_text("".join(line(p) for p in c))
+
+    runs = bt.load_runs(ws)
+    assert [(r.id, r.best_id) for r in runs] == [("0001", None), ("0002", "0001"), ("0003", "0002"),
+                                                 ("0004", "0002"), ("0005", "0004")]
+    cal = calibrate(bt.noise_curves(noise_dir, runs))
+    assert cal.runs == 5
+    results = bt.replay_all(runs, cal)
+    assert [(r.id, v.stop) for r, v, _ in results] == [("0002", False), ("0003", True), ("0004", False)]
+    s = bt.summarize(results)
+    assert s["kept_stopped"] == 0 and s["discards_stopped"] == 1
+    stopped = next(v for r, v, _ in results if v.stop)
+    assert s["saved_training_s"] == pytest.approx((1 - stopped.fraction) * 20.0)
+    # the pairs mode: every measured run against every other as the best; 0002 and 0004 beat 0001 ...
+    pairs = bt.pair_runs(runs)
+    assert len(pairs) == 12
+    assert {p.id for p in pairs if p.status == "keep"} == {"0002v0001", "0004v0001", "0004v0002", "0002v0003",
+                                                           "0001v0003", "0004v0003"}
+    assert bt.main([str(ws), "--noise-logs", str(noise_dir), "--pairs"]) == 0
+    out = capsys.readouterr().out
+    assert "stopped 0 kept runs (target 0) and 1 discards" in out
+    assert "stopped early at 60 %" in out
