@@ -12,6 +12,8 @@ with the margin calibrated on the curves of repeated baseline runs: DIR's *.log 
 - the training time it would have saved (the rest of the budget after the stop, plus the evaluation);
 - per run: Δval_bpb against its best, the loss gap and margin at each check point, the stop;
 - --sweep: the same numbers for a grid of k (noise multiplier) and r (warm-down allowance);
+- --sigma S: also what `--decide noise` (core.decision.decide_noise, z 2, every win confirmed) says about each
+  recorded run against the best it was compared with: of plain's keeps, how many it keeps, re-runs, discards;
 - --pairs: a harder test with more cases: every measured run of a workspace against every other one as "the
   best" (same workspace, so the same budget); a run that ended with a lower val_bpb than its "best" is an
   eventual winner and must not be stopped.
@@ -135,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--r", type=float, default=early_stop.WARMDOWN_R)
     ap.add_argument("--checkpoints", default=",".join(str(c) for c in early_stop.DEFAULT_CHECKPOINTS))
     ap.add_argument("--sweep", action="store_true", help="also report a grid of k and r")
+    ap.add_argument("--sigma", type=float, default=None, help="replay the keep decisions under --decide noise")
     ap.add_argument("--pairs", action="store_true", help="also replay every run against every other run as the best")
     ap.add_argument("--json", type=Path, default=None, help="write the per-run table and summary here")
     args = ap.parse_args(argv)
@@ -147,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                                            for c, s in zip(cal.checkpoints, cal.spreads))
           + f"; margin = max({cal.k:g} x spread, {cal.r:g} x the best's remaining loss drop)")
     results = replay_all(runs, cal)
-    header = f"{'run':<12} {'status':<7} {'dbpb':>8} " + " ".join(f"{'gap/margin@' + format(c, '.0%'):>19}"
+    header = f"{'run':<16} {'status':<7} {'dbpb':>8} " + " ".join(f"{'gap/margin@' + format(c, '.0%'):>19}"
                                                                       for c in cps) + "  stop"
     print(header)
     rows = []
@@ -163,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                 cells.append(f"{gap:>+9.3f}/{'-' if ck.margin is None else format(ck.margin, '.3f'):>9}")
         dbpb = (r.val_bpb - r.best_val) if r.val_bpb is not None and r.best_val is not None else None
         stop = v.reason if v.stop else (v.note or "")
-        print(f"{r.ws[:6] + '/' + r.id:<12} {r.status:<7} {dbpb:>+8.4f} " + " ".join(cells) + f"  {stop}")
+        print(f"{r.ws + '/' + r.id:<16} {r.status:<7} {dbpb:>+8.4f} " + " ".join(cells) + f"  {stop}")
         rows.append({"ws": r.ws, "id": r.id, "status": r.status, "dbpb": dbpb, "description": r.description,
                      "stop": v.to_json(), "checks": [c.to_json() for c in checks],
                      "best_loss_end": r.best_curve[-1].loss if r.best_curve else None,
@@ -175,6 +178,21 @@ def main(argv: list[str] | None = None) -> int:
           f"{s['kept_stopped']} kept runs (target 0) and {s['discards_stopped']} discards; saved "
           f"{s['saved_training_s']:.0f} s of {s['training_s']:.0f} s training ({pct:.1f} %) plus "
           f"{s['saved_eval_s']:.0f} s of evaluation; {s['notes']} runs with a note")
+    if args.sigma is not None:
+        from core.decision import CONFIRM_EVERY_WIN, decide_noise
+
+        print(f"\n--decide noise on the recorded runs (σ {args.sigma:g}, z 2, every win confirmed), "
+              "against the best each run was compared with:")
+        tally: dict[tuple[str, str], int] = {}
+        for r in runs:
+            if r.status not in ("keep", "discard") or r.best_val is None or r.val_bpb is None or r.noise:
+                continue
+            d = decide_noise(r.val_bpb, r.best_val, args.sigma, sure_z=CONFIRM_EVERY_WIN)
+            tally[(r.status, d.status)] = tally.get((r.status, d.status), 0) + 1
+            print(f"  {r.ws}/{r.id} plain {r.status:<7} -> noise {d.status:<7} {d.reason}  [{r.description}]")
+        for plain_status in ("keep", "discard"):
+            parts = [f"{n} {ns}" for (ps, ns), n in sorted(tally.items()) if ps == plain_status]
+            print(f"  plain's {plain_status}s: " + (", ".join(parts) or "none"))
     pairs_summary = None
     if args.pairs:
         pairs = pair_runs(runs)

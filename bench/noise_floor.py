@@ -3,11 +3,11 @@
 Usage:
   uv run python bench/noise_floor.py WORKSPACE [--runs K] [--rev REV] [--out DIR] [--same-seed]
 
-The trainer files (program.md, constants.py, prepare.py, train.py) of WORKSPACE at git revision REV (default:
-the workspace's first commit, the baseline) are copied into DIR (default: a new temporary folder) and the real
-trainer runs there K times, one after the other, through the engine's own runner (trusted metrics file).
-Seeds: if train.py reads AUTORESEARCH_SEED, run i gets AUTORESEARCH_SEED=i; otherwise the copy's SEED constant
-is rewritten per run (the workspace itself is never touched). --same-seed keeps the seed, so only the machine's
+The trainer files (constants.py, prepare.py, train.py) of WORKSPACE at git revision REV (default: the
+workspace's first commit, the baseline) run K times, one after the other, through the engine's own
+core.training.run_training (a fresh run folder under DIR, the trusted metrics file). Seeds: if train.py reads
+AUTORESEARCH_SEED, run i gets AUTORESEARCH_SEED=i; otherwise the SEED constant of the text that runs is
+rewritten per run (the workspace itself is never touched). --same-seed keeps the seed, so only the machine's
 own noise (step counts under load) remains.
 
 Reports every run (seed, val_bpb, steps, training seconds, load average before and after), σ (sample std,
@@ -32,27 +32,17 @@ sys.path.insert(0, str(ROOT))
 
 from core import early_stop, noise, pyconst  # noqa: E402
 from core.progress import read_curve  # noqa: E402
-from core.training import LocalRunner  # noqa: E402
-from core.workspace import TRAINER_FILES  # noqa: E402
+from core.training import run_training  # noqa: E402
 
 
 def git(ws: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(ws), *args], check=True, capture_output=True, text=True).stdout
 
 
-def copy_trainer(ws: Path, rev: str, dest: Path) -> None:
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in TRAINER_FILES:
-        (dest / name).write_text(git(ws, "show", f"{rev}:{name}"), encoding="utf-8")
-
-
-def set_seed(train_py: Path, seed: int) -> bool:
-    source = train_py.read_text(encoding="utf-8")
-    new, missing = pyconst.rewrite(source, {"SEED": str(seed)})
-    if missing:
-        return False
-    train_py.write_text(new, encoding="utf-8")
-    return True
+def with_seed(train_py: str, seed: int) -> str | None:
+    """train.py's text with its SEED constant set to seed (None if it has none)."""
+    new, missing = pyconst.rewrite(train_py, {"SEED": str(seed)})
+    return None if missing else new
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,11 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     ws = args.workspace.resolve()
     rev = args.rev or git(ws, "rev-list", "--max-parents=0", "HEAD").split()[0]
     out = (args.out or Path(tempfile.mkdtemp(prefix="noise-floor-"))).resolve()
-    copy_trainer(ws, rev, out)
-    train_py = out / "train.py"
-    reads_env = "AUTORESEARCH_SEED" in train_py.read_text(encoding="utf-8")
-    profile = pyconst.read_one(out / "constants.py", "PROFILE")
-    budget = pyconst.read_one(out / "constants.py", "TIME_BUDGET")
+    out.mkdir(parents=True, exist_ok=True)
+    files = {name: git(ws, "show", f"{rev}:{name}") for name in ("prepare.py", "constants.py", "train.py")}
+    reads_env = "AUTORESEARCH_SEED" in files["train.py"]
+    consts = {k: c.value for k, c in pyconst.parse(files["constants.py"]).items()}
+    profile, budget = consts.get("PROFILE"), consts.get("TIME_BUDGET")
     hw = noise.hardware_fingerprint(None)
     mode = ("same seed" if args.same_seed else
             "AUTORESEARCH_SEED" if reads_env else "SEED constant rewritten per run")
@@ -82,16 +72,19 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for i in range(args.runs):
         seed = args.first_seed + i
-        extra = {}
+        extra, run_files = {}, dict(files)
         if not args.same_seed:
             if reads_env:
                 extra["AUTORESEARCH_SEED"] = str(seed)
-            elif not set_seed(train_py, seed):
-                print("train.py has no SEED constant and does not read AUTORESEARCH_SEED; use --same-seed")
-                return 2
+            else:
+                run_files["train.py"] = with_seed(files["train.py"], seed)
+                if run_files["train.py"] is None:
+                    print("train.py has no SEED constant and does not read AUTORESEARCH_SEED; use --same-seed")
+                    return 2
         log = out / f"run-{i + 1:02d}.log"
         load0 = os.getloadavg()[0]
-        res = LocalRunner(out, extra_env=extra).train([log], out / f"run-{i + 1:02d}.metrics.json")
+        res = run_training(run_files, out / "run", logs=[log], metrics_out=out / f"run-{i + 1:02d}.metrics.json",
+                           env=extra)
         load1 = os.getloadavg()[0]
         m = res.metrics
         runs.append({"seed": None if args.same_seed else seed, "ok": res.ok, "val_bpb": res.val_bpb,
