@@ -25,7 +25,9 @@ from typing import Iterable, Sequence
 from .progress import Progress, loss_at, parse_line
 
 DEFAULT_CHECKPOINTS = (0.4, 0.6, 0.8)
-NOISE_K = 3.0  # the gap between two runs of one train.py has σ·sqrt(2): 3σ is ~2.1 of its σ (1.7 % per check)
+# The gap between two runs of one train.py has σ·sqrt(2): 3σ is ~2.1 of its σ (1.7 % per check). On recorded
+# CPU runs (bench/early_stop_backtest.py) k = 3 stopped no run that was later kept; k = 2 stopped one.
+NOISE_K = 3.0
 WARMDOWN_R = 1.0  # behind by more than the best's own remaining gain (see the module docstring)
 MIN_NOISE_CURVES = 2  # the baseline's curve and one noise run's
 UNREADABLE_AFTER = 50  # output segments without a usable progress line before the format is called unreadable
