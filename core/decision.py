@@ -9,7 +9,7 @@ from typing import Sequence
 from .noise import delta_decimals, format_sigma
 
 RULES = ("plain", "noise")
-DEFAULT_Z = 2.0  # a gain must exceed 2σ: a change of the seed alone passes in ~8 % of single runs
+DEFAULT_Z = 2.0  # against a best measured once, a mere change of seed clears 2σ in ~8 % of runs (σ·√2 apart)
 DEFAULT_MAX_CONFIRMATIONS = 1  # a borderline win is re-run once (the rule; more runs cost more)
 # sure_z that re-runs every win once before it is kept, not only the borderline ones. bench/decision_sim.py
 # (σ 0.0005, 100 runs): false keeps 14 % with borderline confirmations only, 4.5 % with every win confirmed
