@@ -70,6 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--executor", default=None, help="where runs execute: local (default) or ray")
     lp.add_argument("--ray-address", default=None, help="the Ray cluster for --executor ray (default: what Ray "
                     "finds, e.g. RAY_ADDRESS)")
+    lp.add_argument("--decide", default=None, help="noise (default once sigma is measured: keep only gains beyond "
+                    "z*sigma) or plain (upstream's rule: any gain)")
+    lp.add_argument("--z", type=float, default=None, help="the keep bar in units of sigma (default 2)")
+    lp.add_argument("--noise-runs", type=int, default=None, help="extra runs of the baseline to measure sigma "
+                    "(default per profile, 3; 0 turns the noise rule off)")
+    lp.add_argument("--confirm", default=None, help="wins (default: every win is re-run once before it is kept) "
+                    "or borderline (only wins inside the noise band)")
+    lp.add_argument("--early-stop", default=None, choices=("on", "off"), help="stop clear losers against the best "
+                    "run's loss curve (default on)")
+    lp.add_argument("--max-cost", type=float, default=None, help="pause when the agent has spent this many USD")
     lp.add_argument("--detach", action="store_true", help="run in the background, detached from this terminal")
 
     st = sub.add_parser("status", help="engine status")

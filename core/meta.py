@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .workspace import atomic_write_json, read_json
 
-KINDS = ("baseline", "proposal", "confirmation", "noise")
+KINDS = ("baseline", "proposal", "confirmation", "noise", "revert")
 # in flight: written before each step, so that recovery after kill -9 knows how far it got
 ACTIVE = ("proposing", "ready", "queued", "training", "recording")
 FINAL = ("keep", "discard", "crash", "skipped")
