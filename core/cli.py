@@ -7,6 +7,8 @@ Usage:
   autoresearch loop [--tag T] [--agent A] [--max N] [--gpus 0,1|all] [--slots N] [--lookahead K] [--detach]
   autoresearch status [--json]
   autoresearch pause | resume | abort [--id NNNN] | stop
+  autoresearch keep NNNN | revert                     a person's decision overrules the engine's
+  autoresearch noise [--runs K]                       measure sigma of val_bpb on this setting
   autoresearch idea "TEXT"
   autoresearch results [--kept-only] [--json]
   autoresearch plot [-o FILE]
@@ -93,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "abort":
             c.add_argument("--id", default=None, help="abort only experiment NNNN; the others go on")
 
+    k = sub.add_parser("keep", help="keep a discarded experiment (trained on the current best first if needed)")
+    k.add_argument("id", help="the experiment, e.g. 0007")
+    sub.add_parser("revert", help="undo the last keep: the branch goes back to the best before it")
+    n = sub.add_parser("noise", help="measure the noise floor (sigma of val_bpb) with more runs of the best")
+    n.add_argument("--runs", type=int, default=None, help="how many runs (default per profile, 3)")
+
     i = sub.add_parser("idea", help="queue an idea for the agent's next proposal")
     i.add_argument("text", nargs="+")
 
@@ -117,7 +125,7 @@ def dispatch(args: argparse.Namespace) -> int:
     if cmd == "setup":
         from .setup import cmd_setup
         return cmd_setup(ws, args)
-    if cmd in ("run", "loop", "status", "pause", "resume", "abort", "stop", "idea"):
+    if cmd in ("run", "loop", "status", "pause", "resume", "abort", "stop", "idea", "keep", "revert", "noise"):
         from . import commands
         return getattr(commands, f"cmd_{cmd}")(ws, args)
     if cmd == "results":

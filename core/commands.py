@@ -237,6 +237,65 @@ def cmd_stop(ws: Workspace, args) -> int:
     return _send(ws, "stop", "stop requested: the engine exits after the current experiment.")
 
 
+def _live(ws: Workspace, what: str) -> EngineStatus:
+    st = running_engine(ws)
+    if st is None:
+        raise UserError(f"no engine is running in {ws.root}; {what} is carried out by the engine: start it with "
+                        "`autoresearch loop --detach`, then run this again.")
+    return st
+
+
+def cmd_keep(ws: Workspace, args) -> int:
+    """autoresearch keep NNNN: a person keeps a discarded experiment."""
+    exp_id = str(args.id).strip()
+    if not exp_id.isdigit():
+        raise UserError(f"{exp_id!r} is not an experiment id; give its number, e.g. autoresearch keep 0007.")
+    exp_id = exp_id.zfill(4)
+    from .meta import read_meta
+    m = read_meta(ws.experiment_dir(exp_id))
+    if m is None:
+        raise UserError(f"there is no experiment {exp_id} in {ws.root}; see `autoresearch results`.")
+    if m.status != "discard" or m.val_bpb is None:
+        raise UserError(f"experiment {exp_id} is {m.status}, not a measured discard; only those can be kept.")
+    _live(ws, "a keep")
+    control.send(ws, "keep", exp_id=exp_id)
+    print(f"keep of {exp_id} requested: measured on the current best it is kept at once, otherwise its change is "
+          "trained on the best first (a confirmation run), then kept.")
+    return 0
+
+
+def cmd_revert(ws: Workspace, args) -> int:
+    """autoresearch revert: undo the last keep."""
+    st = _live(ws, "a revert")
+    control.send(ws, "revert")
+    best = f" ({st.best.commit[:7]}, val_bpb {st.best.val_bpb:.6f})" if st.best else ""
+    print(f"revert requested: the last kept experiment{best} is undone; the branch goes on with the best before it.")
+    return 0
+
+
+def cmd_noise(ws: Workspace, args) -> int:
+    """autoresearch noise [--runs K]: measure sigma now (a live engine queues the runs first in line)."""
+    runs = getattr(args, "runs", None)
+    if runs is not None and runs < 1:
+        raise UserError(f"--runs must be at least 1, not {runs}.")
+    if running_engine(ws) is not None:
+        if runs is not None:
+            print("note: the running engine measures with its own --noise-runs; --runs applies to a stopped one.")
+        control.send(ws, "noise")
+        print("noise measurement requested: the runs go first in the queue; the header shows sigma when done.")
+        return 0
+    cfg = config_mod.resolve(ws, None)
+    cfg.decide = "noise" if cfg.decide == "plain" else cfg.decide
+    cfg.noise_runs = runs if runs is not None else cfg.noise_runs
+    cfg.noise_only = True
+    _preflight(ws)
+    from .agents import make_agent
+    from .engine import Engine
+    from .executors import make_executor
+
+    return Engine(ws, cfg, agent=make_agent("mutate", {}), executor=make_executor(ws.root, cfg)).run()
+
+
 def cmd_idea(ws: Workspace, args) -> int:
     """autoresearch idea "TEXT": queue an idea; the next proposal takes it."""
     text = " ".join(getattr(args, "text", None) or []).strip()

@@ -187,6 +187,8 @@ class Engine:
             journal.write(self.ws, journal.Journal(self.branch, self.head))
             self._load_noise()
             self._load_cost()
+            if self.cfg.noise_only and self.best_val is not None:
+                self._maybe_measure_noise(force=True)
             base = led.baseline
             self.state.update(agent=self.agent.describe(), best=self._best(), slots=self._slot_status(),
                               baseline_val_bpb=base.val_bpb if base else None,
@@ -897,12 +899,16 @@ class Engine:
             return
         st = self.setting
         k = noise_store.noise_runs(self.cfg.noise_runs, st.profile)
-        reason = "asked for" if force else remeasure_reason(stored or self.floor, st.profile, st.time_budget,
-                                                           st.hardware)
+        stored = stored or self.floor
+        changed = remeasure_reason(stored, st.profile, st.time_budget, st.hardware) if stored else None
+        reason = "asked for" if force else (changed if stored else "no noise floor has been measured yet")
         if k == 0 or reason is None:
+            if self.cfg.noise_only:  # `autoresearch noise --runs 0`, or the plain rule: nothing to do
+                self.log("autoresearch: no noise runs to make (--noise-runs 0 or --decide plain).")
+                self.controls.request_stop()
             return
-        # after a change the best's old value is not comparable: all runs are new
-        fresh = force or (stored or self.floor) is not None
+        # after a change of setting the best's old value is not comparable: all runs are new
+        fresh = changed is not None
         runs = k + 1 if fresh else k
         self.noise_plan = {"fresh": fresh, "best_val": self.best_val, "best_id": self.best_id}
         self.events.emit("noise_remeasure", None, reason=reason, runs=runs)
@@ -941,6 +947,8 @@ class Engine:
         if len(vals) < 2:
             self.log("autoresearch: the noise floor could not be measured (the noise runs crashed); decisions use "
                      "the plain rule until `autoresearch noise` measures it.")
+            if self.cfg.noise_only:
+                self.controls.request_stop()
             return
         self.floor = measure(vals, st.profile, st.time_budget, st.hardware, experiments=ids, num_steps=steps)
         self.calibration = calibrate([c for c in curves if c])
@@ -1076,7 +1084,7 @@ class Engine:
             journal.write(self.ws, journal.Journal(self.branch, self.head))
             if m.kind == "baseline":
                 self.state.update(baseline_val_bpb=val_bpb)
-                self._maybe_measure_noise()
+                self._maybe_measure_noise(force=self.cfg.noise_only)
         m.timings["record_s"] = round(time.monotonic() - t0, 3)
         m.status, m.finished_at = status, time.time()
         m.extra.pop("decision", None)

@@ -159,3 +159,17 @@ def test_a_person_keeps_a_discard_and_reverts_a_keep(tmp_path):
 def wait_for_idle(ws):
     wait_for(lambda: (lambda st: st["status"] == "paused" and not any(s["experiment"] for s in st["slots"]))(
         json.loads(ws.engine_json.read_text())), timeout=30, what="a paused engine with no run in flight")
+
+
+def test_the_noise_command_measures_sigma_then_stops(tmp_path):
+    from engine_fixtures import cli
+    ws = make_workspace(tmp_path / "ws", train=TRAIN)
+    r = cli("-C", str(ws.root), "noise", "--runs", "2")
+    assert r.returncode == 0, r.stderr
+    assert "noise σ 0.02 from 3 runs" in r.stderr
+    assert rows(ws) == [("keep", "baseline"), ("discard", "noise run 1/2: baseline re-run with seed 1"),
+                        ("discard", "noise run 2/2: baseline re-run with seed 2")]
+    r = cli("-C", str(ws.root), "keep", "0002")
+    assert r.returncode == 1 and "no engine is running" in r.stderr
+    r = cli("-C", str(ws.root), "keep", "0009")
+    assert r.returncode == 1 and "there is no experiment 0009" in r.stderr
