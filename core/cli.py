@@ -119,6 +119,9 @@ def dispatch(args: argparse.Namespace) -> int:
 
     ws = Workspace.at(args.workspace)
     cmd = args.command
+    if cmd not in (None, "check") and not ws.root.is_dir():
+        what = "does not exist" if not ws.root.exists() else "is not a folder"
+        raise UserError(f"workspace folder {ws.root} {what}; pass an existing workspace with -C (or cd into one).")
     if cmd == "check":
         from .hardware import cmd_check
         return cmd_check(args)

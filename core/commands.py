@@ -60,6 +60,10 @@ def _preflight(ws: Workspace):
 
     if not ws.root.is_dir():
         raise UserError(f"workspace folder {ws.root} does not exist; pass an existing folder with -C.")
+    if not ws.train_py.is_file():
+        raise UserError(f"there is no train.py in {ws.root}: this is not a workspace; create one with `autoresearch-tui "
+                        "--demo` or copy the project's trainer files (program.md, constants.py, prepare.py, train.py) "
+                        "here and run `autoresearch setup`.")
     rat = Ratchet(ws.root)
     check_head(rat)
     if lock_held(ws):
@@ -188,6 +192,9 @@ def status_text(ws: Workspace, st: EngineStatus) -> str:
 
 def cmd_status(ws: Workspace, args) -> int:
     """autoresearch status [--json]: engine state (a snapshot left by a dead engine reads as stopped)."""
+    if not (ws.has_state() or ws.results_tsv.is_file() or ws.train_py.is_file()):
+        raise UserError(f"{ws.root} is not an autoresearch workspace (no .autoresearch/, results.tsv or train.py); "
+                        "run this inside one or pass it with -C.")
     st = read_status(ws)
     if getattr(args, "json", False):
         print(json.dumps({**st.to_json(), "alive": st.alive}, indent=2, sort_keys=True))
