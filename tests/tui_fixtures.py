@@ -23,6 +23,10 @@ EXPERIMENTS = [
     ("0007", "keep", 0.987500, 43.9, "embedding lr 0.8"),
 ]
 
+# the running experiment's output so far (our train.py's format): 42 s of its 300 s budget trained (14 %)
+RUN_LOG = (b"compiling...\nstep 00001 (0.0%) | loss: 9.1 | remaining: 300s\rstep 00002 (5.0%) | loss: 8.7 | "
+           b"remaining: 285s\rstep 00003 (14.0%) | loss: 8.2 | remaining: 258s [bold red]boom[/] \x1b[31mred\x1b[0m")
+
 TRAIN_PY = "DEPTH = 8  # layers\nMATRIX_LR = 0.04  # muon lr\nprint('training')\n"
 
 
@@ -141,8 +145,7 @@ def make_workspace(root: Path, *, engine: str | None = "running", phase: str = "
     cur = state / "experiments" / "0008"
     cur.mkdir(exist_ok=True)
     (cur / "agent.log").write_text("mutate: MATRIX_LR 0.04 -> 0.045 [red]x[/red]\n")
-    log = (run_log if run_log is not None else b"compiling...\nstep 00001 | loss 9.1\rstep 00002 | loss 8.7\r"
-           b"step 00003 | loss 8.2 [bold red]boom[/] \x1b[31mred\x1b[0m")
+    log = (run_log if run_log is not None else RUN_LOG)
     # the engine streams the running trainer's output to both: run.log (upstream's) and the experiment's train.log
     (root / "run.log").write_bytes(log)
     (cur / "train.log").write_bytes(log)

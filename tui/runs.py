@@ -15,13 +15,13 @@ MAX_READ = 4 << 20  # bytes read per poll; a runaway log skips ahead instead of 
 _SPLIT = re.compile(r"[\r\n]")
 _EVAL = re.compile(r"^(?:---\s*$|val_bpb\b|eval)", re.IGNORECASE)
 
-# stage -> what it means, shown where the log has nothing to say yet
+# stage -> what is going on, said under the run's line while its log has little to show
 STAGES = {
-    "starting": "starting train.py: Python imports torch, loads the data and builds the model",
-    "compiling": "first steps: compiling the model (these steps do not count against the budget)",
-    "training": "training",
-    "evaluating": "training done: evaluating val_bpb",
-    "recording": "recording the result",
+    "starting": "Python imports torch, loads the data and builds the model; the trainer prints once that is done",
+    "compiling": "the first steps compile the model; they do not count against the training budget",
+    "training": "",
+    "evaluating": "the training budget is spent: prepare.py measures val_bpb on the validation data",
+    "recording": "the engine records the result and decides keep or discard",
 }
 
 Curve = tuple[Progress, ...]  # progress updates that carry a fraction of the budget and a loss

@@ -442,7 +442,7 @@ class DashboardScreen(Screen):
         self._update_results_title()
 
     def action_pane(self, step: int) -> None:
-        ids = list(PANES)
+        ids = [p for p in PANES if p != "slots-pane" or self._parallel]
         tabs = self.query_one("#pane-tabs", Tabs)
         cur = (tabs.active or "tab-log-pane").removeprefix("tab-")
         self._activate_pane(ids[(ids.index(cur) + step) % len(ids)] if cur in ids else ids[0])

@@ -35,9 +35,10 @@ def run_clock(run) -> str:
     parts = []
     if run.elapsed_s is not None:
         parts.append(f"{fmt_duration(run.elapsed_s)} elapsed")
-    if run.budget_s:
-        trained = run.trained_s or 0.0
-        parts.append(f"training {fmt_duration(trained)} / {fmt_duration(run.budget_s)}")
+    if run.budget_s and (run.trained_s is not None or run.last is None):
+        parts.append(f"training {fmt_duration(run.trained_s or 0.0)} / {fmt_duration(run.budget_s)}")
+    elif run.budget_s:  # progress lines that say nothing about the budget (another train.py's format)
+        parts.append(f"budget {fmt_duration(run.budget_s)}")
     return " · ".join(parts)
 
 

@@ -111,6 +111,7 @@ class LogView(ScrollView, can_focus=True):
         super().__init__(**kwargs)
         self.lines: deque[str] = deque(maxlen=max_lines)
         self._width = 0
+        self._follow = True  # at the end: new lines, and a shorter pane (the run panel grew), keep it there
 
     def clear(self) -> None:
         self.lines.clear()
@@ -122,7 +123,7 @@ class LogView(ScrollView, can_focus=True):
     def append(self, new_lines) -> None:
         if not new_lines:
             return
-        follow = self.scroll_offset.y >= self.max_scroll_y - 1
+        follow = self._follow or self.scroll_offset.y >= self.max_scroll_y - 1
         before = len(self.lines)
         self.lines.extend(new_lines)
         dropped = before + len(new_lines) - len(self.lines)
@@ -136,6 +137,14 @@ class LogView(ScrollView, can_focus=True):
             # keep the text the user scrolled to in place while old lines fall off the top
             self.scroll_to(y=max(0, self.scroll_offset.y - dropped), animate=False, immediate=True, force=True)
         self.refresh()
+
+    def watch_scroll_y(self, old: float, new: float) -> None:
+        super().watch_scroll_y(old, new)
+        self._follow = new >= self.max_scroll_y - 1
+
+    def on_resize(self) -> None:
+        if self._follow and self.lines:
+            self.scroll_end(animate=False, immediate=True, x_axis=False, force=True)
 
     def render_line(self, y: int) -> Strip:
         x0, y0 = self.scroll_offset

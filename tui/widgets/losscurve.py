@@ -101,10 +101,10 @@ class RunPanel(Widget):
     def _wanted_rows(self) -> int:
         parent = self.parent
         pane_h = parent.size.height if parent is not None else 0
-        return 0 if self.run is None else 1 + self._curve_rows(pane_h)
+        return 0 if self.run is None else 1 + bool(self._explanation()) + self._curve_rows(pane_h)
 
     def get_content_height(self, container, viewport, width: int) -> int:
-        return 0 if self.run is None else 1 + self._curve_rows(container.height)
+        return 0 if self.run is None else 1 + bool(self._explanation()) + self._curve_rows(container.height)
 
     def _st(self, name: str):
         return self.get_component_rich_style(f"run-panel--{name}", partial=True)
@@ -124,9 +124,6 @@ class RunPanel(Widget):
         clock = run_clock(run)
         if clock:
             out.append(f" · {clock}")
-        if run.stage == "starting":
-            what = STAGES["starting"] if not run.output else "first step: compiling the model"
-            out.append(f" · {what}", style=self._st("dim"))
         loss, delta = vs_best(run, self.best_curve)
         if run.loss is not None:
             out.append(" · loss ", style=self._st("dim"))
@@ -135,10 +132,20 @@ class RunPanel(Widget):
                 out.append(f" ({delta:+.3f} vs the best run)".replace("-", "−"),
                            style=self._st("ahead" if delta < 0 else "behind"))
         rows = height - 1
+        what = self._explanation()
+        if what:
+            out.append("\n" + what, style=self._st("dim"))
+            rows -= 1
         if rows < 5 or not (run.curve or self.best_curve):
             return out
         self._draw_curves(out, width, rows)
         return out
+
+    def _explanation(self) -> str:
+        run = self.run
+        if run.stage == "starting" and run.output:
+            return "the trainer is taking its first step (on CUDA this compiles the model)"
+        return STAGES.get(run.stage, "")
 
     def _draw_curves(self, out: Text, width: int, rows: int) -> None:
         curves = [self.best_curve, self.run.curve]
