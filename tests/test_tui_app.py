@@ -52,9 +52,10 @@ async def test_every_pane_renders_its_data(tmp_path):
         # live log: finished lines scroll, the \r progress is one live line
         assert "compiling..." in text
         assert "step 00003 (14.0%) | loss: 8.2" in text and "step 00001" not in text and "step 00002" not in text
-        # the run panel above the log: what the trainer does, its times and loss (the best run's train.log has
-        # no fractions, so there is no curve to compare with)
-        assert "exp 0008 on slot 0 · training · 1:00 elapsed · training 0:42 / 5:00 · loss 8.200" in text
+        # the run panel above the log: what the trainer does, its times, its loss curve (the best run's train.log
+        # has no progress fractions, so there is no curve to compare it with)
+        assert "exp 0008 on slot 0 · training · 1:00 elapsed · training 0:42 / 5:00" in text
+        assert "━ this run  loss 8.200  (loss by progress through the budget)" in text and "best run" not in text
         # GPU gauge
         assert "GPU0 H100 80GB HBM3" in text and "44.0/79.6G" in text and "97%" in text
         # ratchet: kept commits with val_bpb and the delta each was kept on, side marks for the others

@@ -142,17 +142,23 @@ class DashboardScreen(Screen):
     # Snapshots and samples come from worker threads through messages: one may arrive before this screen is
     # composed or after its widgets are gone (quitting on a loaded box). The newest is kept and applied when the
     # widgets are there; a missing widget is never an error.
-    def _get(self, selector, kind=None):
-        try:
-            return self.query_one(selector, kind) if kind is not None else self.query_one(selector)
-        except NoMatches:
-            return None
-
     def apply_snapshot(self, snap) -> None:
         self.snapshot = snap
-        header = self._get(DashboardHeader)
-        if header is None or not self.is_mounted:
-            return
+        try:
+            self._show_snapshot(snap)
+        except NoMatches:
+            pass  # not composed yet (on_mount shows it), or being taken down
+
+    def apply_sample(self, sample) -> None:
+        """Once a second: GPUs/CPU, the runs' progress and the header's clock, repainted in one frame."""
+        self.sample = sample
+        try:
+            self._show_sample(sample)
+        except NoMatches:
+            pass
+
+    def _show_snapshot(self, snap) -> None:
+        header = self.query_one(DashboardHeader)
         header.set_snapshot(snap)
         self.query_one(ResultsTable).set_rows(snap.rows, snap.best, snap.best_commit)
         self.query_one(RatchetHistory).set_rows(snap.rows, snap.best_commit)
@@ -174,12 +180,8 @@ class DashboardScreen(Screen):
             self._bindings_key = key
             self.refresh_bindings()
 
-    def apply_sample(self, sample) -> None:
-        """Once a second: GPUs/CPU, the runs' progress and the header's clock, repainted in one frame."""
-        self.sample = sample
-        gauge = self._get(GpuGauge)
-        if gauge is None or not self.is_mounted:
-            return
+    def _show_sample(self, sample) -> None:
+        gauge = self.query_one(GpuGauge)
         gauge.update_sample(sample)
         available = sample.gpu is not None and sample.gpu.available
         title = "GPU" if available or sample.gpu is None else "CPU / RAM · no NVIDIA GPU"
@@ -194,8 +196,7 @@ class DashboardScreen(Screen):
         self.query_one(RunPanel).set_run(run, sample.best_curve if run else (), sample.best_id)
 
     def refresh_clock(self) -> None:
-        header = self._get(DashboardHeader)
-        if header is not None:
+        for header in self.query(DashboardHeader):
             header.refresh()
 
     def _followed_slot(self):

@@ -224,10 +224,16 @@ class GpuGauge(Widget):
         # the engine's processes, or (read-only) what the last runs needed
         out.append("\n")
         if self.peaks:
+            # read-only: no trainer to measure; what the last runs needed at their peak (results.tsv), newest first
             out.append("peak ", style=label)
-            out.append("  ".join(f"{r.label} {'—' if r.memory_gb is None else f'{r.memory_gb:.1f}G'}"
-                                 for r in reversed(self.peaks)))
-            out.append("  (results.tsv)", style=dim)
+            items, used = [], 5
+            for r in reversed(self.peaks):
+                item = f"{r.label} {'—' if r.memory_gb is None else f'{r.memory_gb:.1f}G'}"
+                if used + len(item) + 2 > width and items:
+                    break
+                items.append(item)
+                used += len(item) + 2
+            out.append("  ".join(items))
         elif s.trainer_rss_mb is not None:
             out.append("run  ", style=label)
             out.append(f"trainer {_mem(s.trainer_rss_mb)} resident")

@@ -124,22 +124,29 @@ class RunPanel(Widget):
         clock = run_clock(run)
         if clock:
             out.append(f" · {clock}")
-        loss, delta = vs_best(run, self.best_curve)
-        if run.loss is not None:
-            out.append(" · loss ", style=self._st("dim"))
-            out.append(loss, style=self._st("this"))
-            if delta is not None:
-                out.append(f" ({delta:+.3f} vs the best run)".replace("-", "−"),
-                           style=self._st("ahead" if delta < 0 else "behind"))
         rows = height - 1
         what = self._explanation()
+        curves = rows - bool(what) >= 5 and bool(run.curve or self.best_curve)
+        if not curves:  # no room for the curves: the loss goes on this line
+            self._loss(out, " · ")
         if what:
             out.append("\n" + what, style=self._st("dim"))
             rows -= 1
-        if rows < 5 or not (run.curve or self.best_curve):
-            return out
-        self._draw_curves(out, width, rows)
+        if curves:
+            self._draw_curves(out, width, rows)
         return out
+
+    def _loss(self, out: Text, lead: str) -> None:
+        """'loss 4.281 (−0.785 vs the best run)': ahead (green) or behind (red) at the same progress."""
+        run = self.run
+        loss, delta = vs_best(run, self.best_curve)
+        if run.loss is None:
+            return
+        out.append(f"{lead}loss ", style=self._st("dim"))
+        out.append(loss, style=self._st("this"))
+        if delta is not None:
+            out.append(f" ({delta:+.3f} vs the best run)".replace("-", "−"),
+                       style=self._st("ahead" if delta < 0 else "behind"))
 
     def _explanation(self) -> str:
         run = self.run
@@ -171,7 +178,8 @@ class RunPanel(Widget):
         out.append("\n" + " " * LABEL_W + axis[:plot_w], style=self._st("dim"))
         out.append("\n" + " " * LABEL_W)
         if self.run.curve:
-            out.append("━ this run  ", style=self._st("this"))
+            out.append("━ this run", style=self._st("this"))
         if self.best_curve:
-            out.append(f"━ best run{' ' + self.best_id if self.best_id else ''}  ", style=self._st("best"))
-        out.append("loss by progress through the training budget", style=self._st("dim"))
+            out.append(f"  ━ best run{' ' + self.best_id if self.best_id else ''}", style=self._st("best"))
+        self._loss(out, "  ")
+        out.append("  (loss by progress through the budget)", style=self._st("dim"))
