@@ -630,3 +630,20 @@ async def test_keys_typed_in_one_burst_after_i_go_to_the_idea(tmp_path):
         await pilot.press("escape")
         await pilot.pause()
         assert control_files(root) == []
+
+
+async def test_file_changes_wake_the_dashboard_without_polling(tmp_path, monkeypatch):
+    """watchfiles wakes the state reader when results.tsv or engine.json change: with the periodic re-check
+    pushed out to a minute, a new row and a paused engine still show up at once."""
+    import tui.app
+    monkeypatch.setattr(tui.app, "LIVENESS_S", 60.0)
+    root = make_workspace(tmp_path / "ws")
+    app = make_app(root, live=True)
+    async with app.run_test(size=WIDE) as pilot:
+        await wait_for(pilot, lambda: app.snapshot is not None and len(app.snapshot.rows) == 7)
+        await pilot.pause(0.5)  # the watcher is set up
+        with open(root / "results.tsv", "a") as f:
+            f.write("0000008\t0.985000\t44.0\tkeep\tnew best\n")
+        await wait_for(pilot, lambda: len(app.snapshot.rows) == 8, timeout=20)
+        write_engine(root, status="paused", phase="idle", exp_id=None)
+        await wait_for(pilot, lambda: "‖ paused · idle" in screen_text(app), timeout=20)

@@ -173,7 +173,7 @@ def progress_log(steps: int, *, budget: float = 300.0, start_loss: float = 9.0, 
     return b"".join(out)
 
 
-def parallel_engine(root: Path, n_slots: int = 3, proposals: int = 1, *, gpu: bool = True) -> list[str]:
+def parallel_engine(root: Path, n_slots: int = 3, proposals: int = 1, *, gpu: bool = True, now: float = T0) -> list[str]:
     """A scheduler's engine.json: n_slots slots (GPU i each), all but the last running an experiment at a
     different stage, and proposals in flight; each running experiment gets a train.log. The best run (0007) gets
     a finished log, the curve to beat. Returns the running experiment ids."""
@@ -193,13 +193,13 @@ def parallel_engine(root: Path, n_slots: int = 3, proposals: int = 1, *, gpu: bo
         (d / "train.log").write_bytes(stages[i % len(stages)])
         (d / "agent.log").write_text(f"agent for {exp_id}\n")
         slots.append(SlotRun(str(i), label=label, gpu=i if gpu else None, phase="training", experiment=exp_id,
-                             commit=_sha(8 + i), description=f"slot {i} idea [b]{i}[/b]", started_at=T0 - 200 + 30 * i,
-                             training_started_at=T0 - 120 + 30 * i, time_budget=300.0))
+                             commit=_sha(8 + i), description=f"slot {i} idea [b]{i}[/b]", started_at=now - 200 + 30 * i,
+                             training_started_at=now - 120 + 30 * i, time_budget=300.0))
         running.append(exp_id)
     props = [Proposal(f"{8 + n_slots + k:04d}", base=_sha(7), state="proposing" if k == 0 else "ready",
                       description="" if k == 0 else "ready proposal", idea="try rope base 5e4" if k == 0 else None,
-                      started_at=T0 - 40) for k in range(proposals)]
-    write_engine(root, status="running", phase="training", slots=slots, proposals=props,
+                      started_at=now - 40) for k in range(proposals)]
+    write_engine(root, status="running", phase="training", slots=slots, proposals=props, updated_at=now,
                  options={"slots": n_slots, "lookahead": proposals})
     return running
 

@@ -176,10 +176,14 @@ class RunPanel(Widget):
                     out.append(" ")
         axis = ("0%".ljust(plot_w // 2 - 1) + "50%").ljust(plot_w - 4) + "100%"
         out.append("\n" + " " * LABEL_W + axis[:plot_w], style=self._st("dim"))
-        out.append("\n" + " " * LABEL_W)
+        out.append("\n")
+        start = len(out.plain)
+        out.append(" " * LABEL_W)
         if self.run.curve:
             out.append("━ this run", style=self._st("this"))
         if self.best_curve:
             out.append(f"  ━ best run{' ' + self.best_id if self.best_id else ''}", style=self._st("best"))
         self._loss(out, "  ")
-        out.append("  (loss by progress through the budget)", style=self._st("dim"))
+        hint = "  (loss by progress through the budget)"
+        if len(out.plain) - start + len(hint) <= width:
+            out.append(hint, style=self._st("dim"))
