@@ -173,10 +173,11 @@ def progress_log(steps: int, *, budget: float = 300.0, start_loss: float = 9.0, 
     return b"".join(out)
 
 
-def parallel_engine(root: Path, n_slots: int = 3, proposals: int = 1, *, gpu: bool = True, now: float = T0) -> list[str]:
-    """A scheduler's engine.json: n_slots slots (GPU i each), all but the last running an experiment at a
-    different stage, and proposals in flight; each running experiment gets a train.log. The best run (0007) gets
-    a finished log, the curve to beat. Returns the running experiment ids."""
+def parallel_engine(root: Path, n_slots: int = 3, proposals: int = 1, *, gpu: bool = True, now: float = T0,
+                    free: int = 1) -> list[str]:
+    """A scheduler's engine.json: n_slots slots (GPU i each), all but the last `free` running an experiment at
+    a different stage, and proposals in flight; each running experiment gets a train.log. The best run (0007)
+    gets a finished log, the curve to beat. Returns the running experiment ids."""
     from core.status import Proposal, SlotRun
     exp_dir = root / ".autoresearch" / "experiments"
     (exp_dir / "0007" / "train.log").write_bytes(progress_log(60, done=True))
@@ -185,7 +186,7 @@ def parallel_engine(root: Path, n_slots: int = 3, proposals: int = 1, *, gpu: bo
     for i in range(n_slots):
         exp_id = f"{8 + i:04d}"
         label = f"GPU {i}" if gpu else f"CPU {i + 1}/{n_slots}"
-        if i == n_slots - 1 and n_slots > 1:
+        if i >= n_slots - free and n_slots > 1:
             slots.append(SlotRun(str(i), label=label, gpu=i if gpu else None))  # a free slot
             continue
         d = exp_dir / exp_id
