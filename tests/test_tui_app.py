@@ -647,3 +647,47 @@ async def test_file_changes_wake_the_dashboard_without_polling(tmp_path, monkeyp
         await wait_for(pilot, lambda: len(app.snapshot.rows) == 8, timeout=20)
         write_engine(root, status="paused", phase="idle", exp_id=None)
         await wait_for(pilot, lambda: "‖ paused · idle" in screen_text(app), timeout=20)
+
+
+def test_cancelling_the_demo_preparation_ends_the_setup_and_its_children(tmp_path, monkeypatch):
+    """The demo's `autoresearch setup` runs through core.runner.run: quitting while it prepares ends prepare.py
+    and whatever it started (its process group), not only the first process."""
+    import sys
+    import threading
+
+    from core.errors import UserError
+    from core.procs import pid_alive
+    from tui import demo
+    pidfile = tmp_path / "grandchild.pid"
+    script = tmp_path / "fake_setup.py"
+    script.write_text("import subprocess, sys, time\n"
+                      "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+                      f"open({str(pidfile)!r}, 'w').write(str(p.pid))\n"
+                      "print('building the corpus', flush=True)\ntime.sleep(120)\n")
+    monkeypatch.setattr(demo, "setup_command", lambda path: [sys.executable, str(script)])
+    monkeypatch.setattr(demo, "create", lambda path: (path / ".git").mkdir(parents=True) or
+                        (path / "train.py").write_text(""))
+    out, errors = [], []
+    cancel = threading.Event()
+
+    def prepare():
+        try:
+            demo.prepare(tmp_path / "demo", out.append, cancel)
+        except UserError as e:
+            errors.append(str(e))
+
+    t = threading.Thread(target=prepare)
+    t.start()
+    deadline = time.monotonic() + 30
+    while not (pidfile.exists() and pidfile.read_text() and b"building the corpus\n" in b"".join(out)):
+        assert time.monotonic() < deadline, "the fake setup did not start"
+        time.sleep(0.05)
+    grandchild = int(pidfile.read_text())
+    cancel.set()
+    t.join(30)
+    assert not t.is_alive() and errors == ["demo preparation was cancelled."]
+    deadline = time.monotonic() + 10
+    while pid_alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pid_alive(grandchild)
+    assert b"building the corpus" in (tmp_path / "demo" / ".autoresearch" / demo.SETUP_LOG).read_bytes()

@@ -345,7 +345,7 @@ class DashboardApp(App):
         from . import demo
         pane = self.dashboard.query_one("#train-log")
         try:
-            demo.prepare(self.root, pane.feed_external, cancelled=self._stop.is_set)
+            demo.prepare(self.root, pane.feed_external, cancel=self._stop)
         except UserError as e:
             self.post_message(DemoPrepared(False, str(e)))
             return

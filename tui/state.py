@@ -106,7 +106,6 @@ class Snapshot:
     baseline: float | None = None
     branch: str | None = None
     counts: dict = field(default_factory=dict)
-    last_event: dict | None = None
     pending_ideas: int = 0
     loaded_at: float = 0.0
 
@@ -206,12 +205,10 @@ class StateReader:
         self.clock = clock
         self._ledger_key = None
         self._ledger: ledger_mod.Ledger = ledger_mod.Ledger()
-        self._events_key = None
         self._events_offset = 0
         self._events_ino = None
         self._events_partial = b""
         self._finished: list[ledger_mod.Finished] = []
-        self._last_event: dict | None = None
         self._rows: tuple[Experiment, ...] = ()
         self._rows_key = None
 
@@ -258,7 +255,7 @@ class StateReader:
                 ideas = 0
         return Snapshot(root=ws.root, mode=self.mode, engine=engine, rows=rows, warning=self._ledger.warning(),
                         best=best, best_commit=best_commit, best_exp_id=best_exp_id, baseline=baseline, branch=git_branch(ws.root),
-                        counts=counts, last_event=self._last_event, pending_ideas=ideas, loaded_at=now)
+                        counts=counts, pending_ideas=ideas, loaded_at=now)
 
     def _read_ledger(self) -> None:
         key = _stat_key(self.ws.results_tsv)
@@ -280,7 +277,6 @@ class StateReader:
         if st.st_ino != self._events_ino or st.st_size < self._events_offset:
             self._events_offset, self._events_ino, self._events_partial = 0, st.st_ino, b""
             self._finished = []
-            self._last_event = None
         if st.st_size == self._events_offset:
             return
         try:
@@ -294,7 +290,6 @@ class StateReader:
         lines = data.split(b"\n")
         self._events_partial = lines.pop()  # an event being written right now
         finished = list(self._finished)  # the list is shared with published snapshots' inputs: copy on write
-        last = self._last_event
         for line in lines:
             if not line.strip():
                 continue
@@ -302,13 +297,9 @@ class StateReader:
                 ev = json.loads(line)
             except ValueError:
                 continue
-            if not isinstance(ev, dict):
-                continue
-            last = ev
-            if ev.get("type") == "experiment_finished":
+            if isinstance(ev, dict) and ev.get("type") == "experiment_finished":
                 finished.append(ledger_mod.Finished.from_event(ev))
         self._finished = finished
-        self._last_event = last
 
 
 # --- per-experiment files (detail screen) ---

@@ -190,7 +190,6 @@ class LogPane(Vertical):
         self._posted = False
         self._stop: threading.Event | None = None
         self._generation = 0
-        self.lines_seen = 0  # finished lines received (for tests and the title)
         self.live_text = ""  # what the live line shows now
         self._live_rows = 1
 
@@ -288,7 +287,6 @@ class LogPane(Vertical):
                 self._pending_reset = True
             self._pending.extend(finished)
             self._pending_live = stream.live
-            self.lines_seen += len(finished)
         self._notify()
 
     def _notify(self) -> None:

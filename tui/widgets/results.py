@@ -9,7 +9,7 @@ from __future__ import annotations
 from rich.segment import Segment
 from rich.style import Style
 from textual.binding import Binding
-from textual.geometry import Region, Size
+from textual.geometry import Size
 from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
@@ -194,6 +194,3 @@ class ResultsTable(ScrollView, can_focus=True):
 
     def on_resize(self) -> None:
         self.virtual_size = Size(self.size.width, len(self.view) + 1)
-
-    def row_region(self, idx: int) -> Region:
-        return Region(0, idx + 1, self.size.width, 1)
