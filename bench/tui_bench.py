@@ -4,6 +4,8 @@ Usage:
   uv run python bench/tui_bench.py                 # everything (about 3 minutes; needs tmux)
   uv run python bench/tui_bench.py --lines 200000  # a shorter firehose
   uv run python bench/tui_bench.py --only first-frame idle results firehose
+  uv run python bench/tui_bench.py --dashboard /other/checkout/.venv/bin/autoresearch-tui   # another version,
+                                                 # on the same workspaces (run both in turn for before/after)
 
 Everything runs the real `autoresearch-tui` process in a private tmux server (120x40) on hand-written
 workspaces in the documented formats (tests/tui_fixtures.py), and measures it from outside:
@@ -98,6 +100,7 @@ WARM = {"PYTHONDONTWRITEBYTECODE": None, "PYTHONPYCACHEPREFIX": str(PYCACHE)}
 COLD = {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONPYCACHEPREFIX": None}
 
 STAMP = re.compile(r"(?:L|step )(\d{7}) (\d{10}\.\d{3})")
+DASHBOARD: list[str] = []  # argv of the dashboard measured (--dashboard), else the installed autoresearch-tui
 
 
 def rss_mb(pid: int) -> float | None:
@@ -128,7 +131,7 @@ class Dashboard:
         for k in [k for k, v in self.term.env.items() if v is None]:
             del self.term.env[k]
         self.t0 = time.perf_counter()
-        self.term.start("exec " + shlex.join([*tui_command(), str(root)]), size=size)
+        self.term.start("exec " + shlex.join([*(DASHBOARD or tui_command()), str(root)]), size=size)
         self.pid = self.term.pane_pid()
 
     def wait(self, what: str, cond, timeout: float = 30.0, interval: float = 0.01) -> tuple[float, str]:
@@ -418,7 +421,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chart-python", default=None, help="a Python with textual-plot and textual-plotext (chart-libs)")
     p.add_argument("--lines", type=int, default=1_000_000, help="firehose length (default 1,000,000)")
     p.add_argument("--rate", type=int, default=10_000, help="firehose lines per second (default 10,000)")
+    p.add_argument("--dashboard", default=None, help="the dashboard command to measure (default: this checkout's)")
     args = p.parse_args(argv)
+    if args.dashboard:
+        DASHBOARD[:] = shlex.split(args.dashboard)
     if not TmuxTerminal.available():
         print("tui_bench: tmux is not installed; install it (apt-get install tmux) and run again.", file=sys.stderr)
         return 1
