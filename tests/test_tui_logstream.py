@@ -56,7 +56,7 @@ def test_memory_bounded_over_a_million_lines():
         current, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert len(s.lines) == 2000 and s.lines[-1] == "step 0009999 | loss 2.345678 | lr 0.04 | tok/s 1650000"
+    assert len(s.lines) == 2000 and s.lines[-1] == "progress 9998step 0009999 | loss 2.345678 | lr 0.04 | tok/s 1650000"
     assert s.live == "progress 9999"
     assert peak < 30 * 2**20  # a few MB of chunk processing, not a growing history
 

@@ -234,14 +234,14 @@ class GpuGauge(Widget):
                 items.append(item)
                 used += len(item) + 2
             out.append("  ".join(items))
-        elif s.trainer_rss_mb is not None:
-            out.append("run  ", style=label)
-            out.append(f"trainer {_mem(s.trainer_rss_mb)} resident")
-            if s.engine_rss_mb is not None:
-                out.append(f" · engine {_mem(s.engine_rss_mb)}", style=dim)
         else:
+            # what the engine's children (the trainer, or the agent while it proposes) hold in memory
             out.append("run  ", style=label)
-            out.append("no trainer running", style=dim)
+            if s.trainer_rss_mb is not None:
+                who = "trainer" if any(x.experiment for x in self.slots) else "agent"
+                out.append(f"{who} {_mem(s.trainer_rss_mb)} resident")
+            else:
+                out.append("idle", style=dim)
             if s.engine_rss_mb is not None:
                 out.append(f" · engine {_mem(s.engine_rss_mb)}", style=dim)
         out.append("\ncpu  ", style=label)
