@@ -188,6 +188,7 @@ async def test_idea_key_queues_an_idea(tmp_path):
         ideas = list((root / ".autoresearch" / "ideas").glob("*.txt"))
         assert [p.read_text().strip() for p in ideas] == ["try [b]rope[/b] base 5e4"]
         assert "1 idea queued" in screen_text(app)
+        assert app.last_message.startswith("idea queued; note that the mutate agent ignores free-text ideas")
         await pilot.press("i", "escape")  # cancelling queues nothing
         await pilot.pause()
         assert len(list((root / ".autoresearch" / "ideas").glob("*.txt"))) == 1

@@ -256,7 +256,13 @@ class DashboardApp(App):
         except (OSError, ValueError) as e:
             self.say(f"could not queue the idea: {e}", "error")
             return
-        self.say("idea queued for the next proposal")
+        snap = self.snapshot
+        agent = snap.engine.agent if snap is not None and snap.engine is not None else None
+        if agent == "mutate":  # it perturbs constants only: say so instead of letting the idea vanish
+            self.say("idea queued; note that the mutate agent ignores free-text ideas (claude, codex and anthropic "
+                     "read them)", "warning")
+        else:
+            self.say("idea queued for the next proposal")
         self._reload.set()
         if not self.live:
             self.reload_state()

@@ -16,6 +16,7 @@ from core.workspace import Workspace, read_json
 
 WORKSPACE = "workspace"  # an autoresearch workspace: the dashboard can steer its engine
 UPSTREAM = "upstream"  # a plain upstream-style repo (results.tsv + run.log + git): read-only
+ABORTED = "aborted by user"  # the crash reason of an abort, as core.engine.ABORTED writes it (not imported: heavy)
 
 
 def classify(root: Path) -> str:
@@ -85,8 +86,9 @@ class Experiment:
 
     @property
     def aborted(self) -> bool:
-        """A crash row the person caused (results.tsv keeps upstream's crash status; the reason says abort)."""
-        return self.status == "crash" and "aborted" in self.description.lower()
+        """A crash row the person caused: results.tsv keeps upstream's crash status and the engine appends the
+        reason, "(aborted by user)" (core.engine.ABORTED), to the description."""
+        return self.status == "crash" and self.description.rstrip().endswith(f"({ABORTED})")
 
     @property
     def label(self) -> str:
