@@ -469,7 +469,8 @@ async def test_header_shows_the_stage_elapsed_and_training_time_of_a_live_run(tm
         def header():
             return screen_text(app).split("\n")[0]
         await wait_for(pilot, lambda: "exp 0008 · starting train.py · 1:00 elapsed · training 0:00 / 5:00" in header())
-        assert "Python imports torch, loads the data" in screen_text(app)  # the empty log pane says what goes on
+        # the empty log pane says what goes on (the run panel appears with the same sample, laid out a frame later)
+        await wait_for(pilot, lambda: "Python imports torch, loads the data" in screen_text(app))
         with open(log, "ab") as f:
             f.write(b"device: cpu\n\rstep 00000 (0.0%) | loss: 9.0 | remaining: 300s")
             f.flush()

@@ -81,6 +81,8 @@ class RunPanel(Widget):
         self.best_id: str | None = None
         self.display = False
         self._rows = 0
+        self._plot_key = None
+        self._plot: Text | None = None
 
     def set_run(self, run, best_curve=(), best_id: str | None = None) -> None:
         self.run, self.best_curve, self.best_id = run, tuple(best_curve), best_id
@@ -155,27 +157,16 @@ class RunPanel(Widget):
         return STAGES.get(run.stage, "")
 
     def _draw_curves(self, out: Text, width: int, rows: int) -> None:
-        curves = [self.best_curve, self.run.curve]
-        rng = y_range([c for c in curves if c])
-        if rng is None:
-            return
-        lo, hi = rng
         plot_h, plot_w = rows - 2, max(4, width - LABEL_W)  # the x axis and the legend take a row each
-        best_g, this_g = render_curves(curves, plot_w, plot_h, lo, hi)
-        for r in range(plot_h):
-            out.append("\n")
-            label = f"{hi:.3f}" if r == 0 else f"{lo:.3f}" if r == plot_h - 1 else ""
-            out.append(label.rjust(LABEL_W - 1)[: LABEL_W - 1] + ("┤" if label else "│"), style=self._st("dim"))
-            for c in range(plot_w):
-                b, t = best_g[r][c], this_g[r][c]
-                if t:
-                    out.append(chr(0x2800 + (t | b)), style=self._st("this"))
-                elif b:
-                    out.append(chr(0x2800 + b), style=self._st("best"))
-                else:
-                    out.append(" ")
-        axis = ("0%".ljust(plot_w // 2 - 1) + "50%").ljust(plot_w - 4) + "100%"
-        out.append("\n" + " " * LABEL_W + axis[:plot_w], style=self._st("dim"))
+        run, best = self.run.curve, self.best_curve
+        key = (self.run.exp_id, len(run), run[-1] if run else None, len(best), best[-1] if best else None, plot_w,
+               plot_h, self.app.theme)
+        if key != self._plot_key:
+            # the plot changes only with a new progress update: once a second the run's line alone is redrawn
+            self._plot_key, self._plot = key, self._plot_text(plot_w, plot_h)
+        if self._plot is None:
+            return
+        out.append_text(self._plot)
         out.append("\n")
         start = len(out.plain)
         out.append(" " * LABEL_W)
@@ -187,3 +178,31 @@ class RunPanel(Widget):
         hint = "  (loss by progress through the budget)"
         if len(out.plain) - start + len(hint) <= width:
             out.append(hint, style=self._st("dim"))
+
+    def _plot_text(self, plot_w: int, plot_h: int) -> Text | None:
+        curves = [self.best_curve, self.run.curve]
+        rng = y_range([c for c in curves if c])
+        if rng is None:
+            return None
+        lo, hi = rng
+        best_g, this_g = render_curves(curves, plot_w, plot_h, lo, hi)
+        out = Text()
+        styles = {"this": self._st("this"), "best": self._st("best"), None: None}
+        for r in range(plot_h):
+            out.append("\n")
+            label = f"{hi:.3f}" if r == 0 else f"{lo:.3f}" if r == plot_h - 1 else ""
+            out.append(label.rjust(LABEL_W - 1)[: LABEL_W - 1] + ("┤" if label else "│"), style=self._st("dim"))
+            run_chars, run_layer = [], None  # consecutive cells of one layer become one span
+            for c in range(plot_w):
+                b, t = best_g[r][c], this_g[r][c]
+                layer, ch = ("this", chr(0x2800 + (t | b))) if t else ("best", chr(0x2800 + b)) if b else (None, " ")
+                if layer != run_layer and run_chars:
+                    out.append("".join(run_chars), style=styles[run_layer])
+                    run_chars = []
+                run_layer = layer
+                run_chars.append(ch)
+            if run_chars:
+                out.append("".join(run_chars), style=styles[run_layer])
+        axis = ("0%".ljust(plot_w // 2 - 1) + "50%").ljust(plot_w - 4) + "100%"
+        out.append("\n" + " " * LABEL_W + axis[:plot_w], style=self._st("dim"))
+        return out
