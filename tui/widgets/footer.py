@@ -48,7 +48,8 @@ class KeyFooter(Footer):
 
         while items and sum(w for _, _, w in items) > room:
             items.remove(min(items, key=rank))
-        self.styles.grid_size_columns = len(items)
+        # one grid column per widget yielded below: a group is its keys' KeyGroup and its label
+        self.styles.grid_size_columns = sum(2 if group is not None else 1 for group, _, _ in items)
         for group, multi, _ in items:
             if group is not None:
                 with KeyGroup(classes="-compact" if group.compact else ""):

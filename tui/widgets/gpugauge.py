@@ -7,6 +7,8 @@ from collections import deque
 from rich.text import Text
 from textual.widget import Widget
 
+from .styles import ComponentStyles
+
 SPARK = " ▁▂▃▄▅▆▇█"
 HISTORY = 120  # samples kept per GPU (two minutes at one a second)
 
@@ -76,6 +78,7 @@ class GpuGauge(Widget):
         self.peaks: tuple = ()  # read-only repos: the last rows of results.tsv (their peak memory)
         self.util_history: dict[int, deque] = {}
         self.cpu_history: deque = deque(maxlen=HISTORY)
+        self._styles = ComponentStyles(self, "gpu-gauge--")
         self._height = 0
 
     def update_sample(self, sample) -> None:
@@ -105,7 +108,7 @@ class GpuGauge(Widget):
         return self.sample is not None and self.sample.gpu is not None and self.sample.gpu.available
 
     def _style(self, name: str):
-        return self.get_component_rich_style(f"gpu-gauge--{name}", partial=True)
+        return self._styles(name)
 
     def _level(self, fraction: float) -> str:
         return "hot" if fraction >= 0.95 else "warn" if fraction >= 0.8 else "ok"

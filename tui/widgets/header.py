@@ -10,6 +10,7 @@ from rich.text import Text
 from textual.widget import Widget
 
 from ..logstream import sanitize_line
+from .styles import ComponentStyles
 
 
 def fmt_duration(seconds: float) -> str:
@@ -102,6 +103,7 @@ class DashboardHeader(Widget):
         self.notice: str = ""  # e.g. demo location or "preparing data"
         self.starting = False
         self.preparing = False  # --demo: the workspace and its data are being built
+        self._styles = ComponentStyles(self, "header--")
 
     def set_snapshot(self, snapshot) -> None:
         self.snapshot = snapshot
@@ -125,7 +127,7 @@ class DashboardHeader(Widget):
         self.refresh(layout=True)
 
     def _st(self, name: str):
-        return self.get_component_rich_style(f"header--{name}", partial=True)
+        return self._styles(name)
 
     def engine_label(self) -> tuple[str, str]:
         """(text, style name) of the engine state shown first in the header."""

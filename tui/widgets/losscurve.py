@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from rich.text import Text
+from textual.containers import Vertical
 from textual.widget import Widget
 
 from ..runs import STAGES
 from .chart import BITS
 from .header import STAGE_WORDS, run_clock
 from .slots import vs_best
+from .styles import ComponentStyles
 
 LABEL_W = 7  # "3.4120┤"
 
@@ -56,21 +58,150 @@ def render_curves(curves, width: int, height: int, lo: float, hi: float) -> list
     return grids
 
 
-class RunPanel(Widget):
-    """Attributes down: set_run(run view, best curve, best id). Hidden while the followed slot runs nothing."""
+_CSS_CLASSES = """
+    {name} > .run-panel--stage {{ color: $text-accent; text-style: bold; }}
+    {name} > .run-panel--dim {{ color: $text-muted; }}
+    {name} > .run-panel--this {{ color: $accent; text-style: bold; }}
+    {name} > .run-panel--best {{ color: $success; }}
+    {name} > .run-panel--ahead {{ color: $success; text-style: bold; }}
+    {name} > .run-panel--behind {{ color: $error; text-style: bold; }}
+"""
+_CLASSES = {"run-panel--stage", "run-panel--dim", "run-panel--this", "run-panel--best", "run-panel--ahead",
+            "run-panel--behind"}
 
-    DEFAULT_CSS = """
-    RunPanel { height: auto; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis; background: $surface; }
-    RunPanel > .run-panel--stage { color: $text-accent; text-style: bold; }
-    RunPanel > .run-panel--dim { color: $text-muted; }
-    RunPanel > .run-panel--this { color: $accent; text-style: bold; }
-    RunPanel > .run-panel--best { color: $success; }
-    RunPanel > .run-panel--ahead { color: $success; text-style: bold; }
-    RunPanel > .run-panel--behind { color: $error; text-style: bold; }
-    """
 
-    COMPONENT_CLASSES = {"run-panel--stage", "run-panel--dim", "run-panel--this", "run-panel--best",
-                         "run-panel--ahead", "run-panel--behind"}
+def explanation(run) -> str:
+    """What the stage means, while the log has little to show."""
+    if run.stage == "starting" and run.output:
+        return "the trainer is taking its first step (on CUDA this compiles the model)"
+    return STAGES.get(run.stage, "")
+
+
+def append_loss(out: Text, run, best_curve, st, lead: str) -> None:
+    """'loss 4.281 (−0.785 vs the best run)': ahead (green) or behind (red) at the same progress."""
+    loss, delta = vs_best(run, best_curve)
+    if run.loss is None:
+        return
+    out.append(f"{lead}loss ", style=st("dim"))
+    out.append(loss, style=st("this"))
+    if delta is not None:
+        out.append(f" ({delta:+.3f} vs the best run)".replace("-", "−"), style=st("ahead" if delta < 0 else "behind"))
+
+
+class RunStatus(Widget):
+    """The run's line (stage, elapsed and training time) and what the stage means: repainted once a second."""
+
+    DEFAULT_CSS = "RunStatus { height: auto; text-wrap: nowrap; text-overflow: ellipsis; }" + \
+        _CSS_CLASSES.format(name="RunStatus")
+    COMPONENT_CLASSES = _CLASSES
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.run = None
+        self.best_curve = ()
+        self.with_loss = True  # the plot below shows the loss when it is there
+        self._styles = ComponentStyles(self, "run-panel--")
+
+    def get_content_height(self, container, viewport, width: int) -> int:
+        return 0 if self.run is None else 1 + bool(explanation(self.run))
+
+    def render(self) -> Text:
+        run, st = self.run, self._styles
+        out = Text(no_wrap=True, overflow="ellipsis")
+        if run is None:
+            return out
+        out.append(f"exp {run.exp_id}", style=st("stage"))
+        if run.label:
+            out.append(f" on {run.label}", style=st("dim"))
+        out.append(" · ")
+        out.append(STAGE_WORDS.get(run.stage, run.stage), style=st("stage"))
+        clock = run_clock(run)
+        if clock:
+            out.append(f" · {clock}")
+        if self.with_loss:
+            append_loss(out, run, self.best_curve, st, " · ")
+        what = explanation(run)
+        if what:
+            out.append("\n" + what, style=st("dim"))
+        return out
+
+
+class LossPlot(Widget):
+    """The run's loss against the best run's, by progress through the budget: repainted only when a new progress
+    update arrives (its Text is the costly part of the panel)."""
+
+    DEFAULT_CSS = "LossPlot { height: 0; text-wrap: nowrap; text-overflow: ellipsis; }" + \
+        _CSS_CLASSES.format(name="LossPlot")
+    COMPONENT_CLASSES = _CLASSES
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.run = None
+        self.best_curve = ()
+        self.best_id: str | None = None
+        self._key = None
+        self._styles = ComponentStyles(self, "run-panel--")
+
+    def set_data(self, run, best_curve, best_id) -> None:
+        self.run, self.best_curve, self.best_id = run, best_curve, best_id
+        c = run.curve if run is not None else ()
+        key = (run.exp_id if run else None, len(c), c[-1] if c else None, run.last if run else None,
+               len(best_curve), best_curve[-1] if best_curve else None, best_id)
+        if key != self._key:
+            self._key = key
+            self.refresh()
+
+    def render(self) -> Text:
+        out = Text(no_wrap=True, overflow="ellipsis")
+        run, st = self.run, self._styles
+        width, rows = self.content_region.width or self.size.width, self.content_region.height or self.size.height
+        if run is None or rows < 3:
+            return out
+        curves = [self.best_curve, run.curve]
+        rng = y_range([c for c in curves if c])
+        if rng is None:
+            return out
+        lo, hi = rng
+        plot_h, plot_w = rows - 2, max(4, width - LABEL_W)  # the x axis and the legend take a row each
+        best_g, this_g = render_curves(curves, plot_w, plot_h, lo, hi)
+        styles = {"this": st("this"), "best": st("best"), None: None}
+        for r in range(plot_h):
+            if r:
+                out.append("\n")
+            label = f"{hi:.3f}" if r == 0 else f"{lo:.3f}" if r == plot_h - 1 else ""
+            out.append(label.rjust(LABEL_W - 1)[: LABEL_W - 1] + ("┤" if label else "│"), style=st("dim"))
+            cells, layer_now = [], None  # consecutive cells of one layer become one span
+            for c in range(plot_w):
+                b, t = best_g[r][c], this_g[r][c]
+                layer, ch = ("this", chr(0x2800 + (t | b))) if t else ("best", chr(0x2800 + b)) if b else (None, " ")
+                if layer != layer_now and cells:
+                    out.append("".join(cells), style=styles[layer_now])
+                    cells = []
+                layer_now = layer
+                cells.append(ch)
+            if cells:
+                out.append("".join(cells), style=styles[layer_now])
+        axis = ("0%".ljust(plot_w // 2 - 1) + "50%").ljust(plot_w - 4) + "100%"
+        out.append("\n" + " " * LABEL_W + axis[:plot_w], style=st("dim"))
+        out.append("\n")
+        start = len(out.plain)
+        out.append(" " * LABEL_W)
+        if run.curve:
+            out.append("━ this run", style=st("this"))
+        if self.best_curve:
+            out.append(f"  ━ best run{' ' + self.best_id if self.best_id else ''}", style=st("best"))
+        append_loss(out, run, self.best_curve, st, "  ")
+        hint = "  (loss by progress through the budget)"
+        if len(out.plain) - start + len(hint) <= width:
+            out.append(hint, style=st("dim"))
+        return out
+
+
+class RunPanel(Vertical):
+    """Above the training log: the followed run's status and, where there is room, its loss curve. Attributes
+    down: set_run(run view, best curve, best id); hidden while the followed slot runs nothing."""
+
+    DEFAULT_CSS = "RunPanel { height: auto; padding: 0 1; background: $surface; }"
 
     MAX_CURVE_ROWS = 12
 
@@ -80,129 +211,37 @@ class RunPanel(Widget):
         self.best_curve = ()
         self.best_id: str | None = None
         self.display = False
-        self._rows = 0
-        self._plot_key = None
-        self._plot: Text | None = None
+        self._plot_rows = 0
+        self._status_rows = 0
+
+    def compose(self):
+        yield RunStatus()
+        yield LossPlot()
+
+    def _curve_rows(self) -> int:
+        """Rows for the plot: up to 40 % of the pane, none below 5 rows or without a curve to draw."""
+        if self.run is None or not (self.run.curve or self.best_curve):
+            return 0
+        parent = self.parent
+        rows = min(self.MAX_CURVE_ROWS, int((parent.size.height if parent is not None else 0) * 0.4))
+        return rows if rows >= 5 else 0
 
     def set_run(self, run, best_curve=(), best_id: str | None = None) -> None:
         self.run, self.best_curve, self.best_id = run, tuple(best_curve), best_id
         show = run is not None
         if show != self.display:
             self.display = show
-        rows = self._wanted_rows()
-        self.refresh(layout=rows != self._rows)
-        self._rows = rows
+        rows = self._curve_rows()
+        status, plot = self.query_one(RunStatus), self.query_one(LossPlot)
+        status.run, status.best_curve, status.with_loss = run, self.best_curve, rows == 0
+        status_rows = 0 if run is None else 1 + bool(explanation(run))
+        status.refresh(layout=status_rows != self._status_rows)
+        self._status_rows = status_rows
+        if rows != self._plot_rows:
+            plot.styles.height = rows
+            self._plot_rows = rows
+        plot.set_data(run, self.best_curve, best_id)
 
-    def _curve_rows(self, pane_height: int) -> int:
-        """Rows of curve that fit: up to 40 % of the pane, none below 4 rows or without a curve to draw."""
-        if self.run is None or not (self.run.curve or self.best_curve):
-            return 0
-        rows = min(self.MAX_CURVE_ROWS, int(pane_height * 0.4))
-        return rows if rows >= 5 else 0
-
-    def _wanted_rows(self) -> int:
-        parent = self.parent
-        pane_h = parent.size.height if parent is not None else 0
-        return 0 if self.run is None else 1 + bool(self._explanation()) + self._curve_rows(pane_h)
-
-    def get_content_height(self, container, viewport, width: int) -> int:
-        return 0 if self.run is None else 1 + bool(self._explanation()) + self._curve_rows(container.height)
-
-    def _st(self, name: str):
-        return self.get_component_rich_style(f"run-panel--{name}", partial=True)
-
-    def render(self) -> Text:
-        run = self.run
-        out = Text(no_wrap=True, overflow="ellipsis")
-        if run is None:
-            return out
-        width = self.content_region.width or self.size.width
-        height = self.content_region.height or self.size.height
-        out.append(f"exp {run.exp_id}", style=self._st("stage"))
-        if run.label:
-            out.append(f" on {run.label}", style=self._st("dim"))
-        out.append(" · ")
-        out.append(STAGE_WORDS.get(run.stage, run.stage), style=self._st("stage"))
-        clock = run_clock(run)
-        if clock:
-            out.append(f" · {clock}")
-        rows = height - 1
-        what = self._explanation()
-        curves = rows - bool(what) >= 5 and bool(run.curve or self.best_curve)
-        if not curves:  # no room for the curves: the loss goes on this line
-            self._loss(out, " · ")
-        if what:
-            out.append("\n" + what, style=self._st("dim"))
-            rows -= 1
-        if curves:
-            self._draw_curves(out, width, rows)
-        return out
-
-    def _loss(self, out: Text, lead: str) -> None:
-        """'loss 4.281 (−0.785 vs the best run)': ahead (green) or behind (red) at the same progress."""
-        run = self.run
-        loss, delta = vs_best(run, self.best_curve)
-        if run.loss is None:
-            return
-        out.append(f"{lead}loss ", style=self._st("dim"))
-        out.append(loss, style=self._st("this"))
-        if delta is not None:
-            out.append(f" ({delta:+.3f} vs the best run)".replace("-", "−"),
-                       style=self._st("ahead" if delta < 0 else "behind"))
-
-    def _explanation(self) -> str:
-        run = self.run
-        if run.stage == "starting" and run.output:
-            return "the trainer is taking its first step (on CUDA this compiles the model)"
-        return STAGES.get(run.stage, "")
-
-    def _draw_curves(self, out: Text, width: int, rows: int) -> None:
-        plot_h, plot_w = rows - 2, max(4, width - LABEL_W)  # the x axis and the legend take a row each
-        run, best = self.run.curve, self.best_curve
-        key = (self.run.exp_id, len(run), run[-1] if run else None, len(best), best[-1] if best else None, plot_w,
-               plot_h, self.app.theme)
-        if key != self._plot_key:
-            # the plot changes only with a new progress update: once a second the run's line alone is redrawn
-            self._plot_key, self._plot = key, self._plot_text(plot_w, plot_h)
-        if self._plot is None:
-            return
-        out.append_text(self._plot)
-        out.append("\n")
-        start = len(out.plain)
-        out.append(" " * LABEL_W)
-        if self.run.curve:
-            out.append("━ this run", style=self._st("this"))
-        if self.best_curve:
-            out.append(f"  ━ best run{' ' + self.best_id if self.best_id else ''}", style=self._st("best"))
-        self._loss(out, "  ")
-        hint = "  (loss by progress through the budget)"
-        if len(out.plain) - start + len(hint) <= width:
-            out.append(hint, style=self._st("dim"))
-
-    def _plot_text(self, plot_w: int, plot_h: int) -> Text | None:
-        curves = [self.best_curve, self.run.curve]
-        rng = y_range([c for c in curves if c])
-        if rng is None:
-            return None
-        lo, hi = rng
-        best_g, this_g = render_curves(curves, plot_w, plot_h, lo, hi)
-        out = Text()
-        styles = {"this": self._st("this"), "best": self._st("best"), None: None}
-        for r in range(plot_h):
-            out.append("\n")
-            label = f"{hi:.3f}" if r == 0 else f"{lo:.3f}" if r == plot_h - 1 else ""
-            out.append(label.rjust(LABEL_W - 1)[: LABEL_W - 1] + ("┤" if label else "│"), style=self._st("dim"))
-            run_chars, run_layer = [], None  # consecutive cells of one layer become one span
-            for c in range(plot_w):
-                b, t = best_g[r][c], this_g[r][c]
-                layer, ch = ("this", chr(0x2800 + (t | b))) if t else ("best", chr(0x2800 + b)) if b else (None, " ")
-                if layer != run_layer and run_chars:
-                    out.append("".join(run_chars), style=styles[run_layer])
-                    run_chars = []
-                run_layer = layer
-                run_chars.append(ch)
-            if run_chars:
-                out.append("".join(run_chars), style=styles[run_layer])
-        axis = ("0%".ljust(plot_w // 2 - 1) + "50%").ljust(plot_w - 4) + "100%"
-        out.append("\n" + " " * LABEL_W + axis[:plot_w], style=self._st("dim"))
-        return out
+    def on_resize(self) -> None:
+        if self.run is not None:
+            self.set_run(self.run, self.best_curve, self.best_id)

@@ -16,6 +16,7 @@ from textual.strip import Strip
 
 from ..logstream import sanitize_line
 from ..messages import ExperimentChosen
+from .styles import ComponentStyles
 
 FILTERS = {"all": None, "kept": "keep", "discarded": "discard", "crashed": "crash"}
 
@@ -80,6 +81,7 @@ class ResultsTable(ScrollView, can_focus=True):
         self.view: list = []
         self._haystack: list[str] = []
         self._id_width = 5  # "0001 " ids; upstream rows are "#123": as wide as the longest label
+        self._style = ComponentStyles(self, "results-table--")
 
     # --- data ---
     def set_rows(self, rows, best: float | None = None, best_commit: str | None = None) -> None:
@@ -156,8 +158,7 @@ class ResultsTable(ScrollView, can_focus=True):
 
     # --- drawing ---
     def _styles(self) -> dict[str, Style]:
-        return {n: self.get_component_rich_style(f"results-table--{n}", partial=True)
-                for n in ("header", "cursor", "keep", "discard", "crash", "best", "dim")}
+        return {n: self._style(n) for n in ("header", "cursor", "keep", "discard", "crash", "best", "dim")}
 
     def render_line(self, y: int) -> Strip:
         width = self.scrollable_content_region.width

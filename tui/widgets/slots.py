@@ -11,6 +11,7 @@ from core.progress import loss_at
 
 from ..logstream import sanitize_line
 from ..messages import ExperimentChosen, SlotSelected
+from .styles import ComponentStyles
 
 
 def _dur(seconds: float | None) -> str:
@@ -81,6 +82,7 @@ class SlotsPane(Widget, can_focus=True):
         self.proposals = ()
         self.sample = None
         self._height = 0
+        self._styles = ComponentStyles(self, "slots--")
 
     def set_state(self, slots, proposals, sample=None) -> None:
         self.slots, self.proposals = tuple(slots), tuple(proposals)
@@ -129,7 +131,7 @@ class SlotsPane(Widget, can_focus=True):
             self.app.notify("this slot runs nothing right now: nothing to open", markup=False)
 
     def _st(self, name: str):
-        return self.get_component_rich_style(f"slots--{name}", partial=True)
+        return self._styles(name)
 
     def render(self) -> Text:
         out = Text(no_wrap=True, overflow="ellipsis")
