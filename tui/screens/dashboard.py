@@ -509,9 +509,10 @@ class DashboardScreen(Screen):
             slot = self._followed_slot()
             if slot is not None and slot.experiment:
                 title = f"Training log · {slot.experiment} on {slot_name(slot)} (train.log)"
-            else:
+            else:  # a free slot: the log of the last run followed stays
                 path = self.query_one("#train-log", LogPane).path
-                title = f"Training log · {path.parent.name} (train.log)" if path else "Training log"
+                free = f"{slot_name(slot)} is free" if slot is not None else "no slot"
+                title = f"Training log · {free}" + (f", last: {path.parent.name} (train.log)" if path else "")
             keys += " · n: next slot"
         else:
             title = "Training log (run.log)"

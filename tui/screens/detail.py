@@ -96,9 +96,10 @@ class ExperimentScreen(Screen):
         title.append(f"Experiment {r.label}", style="bold")
         title.append(f" · {'aborted (crash)' if r.aborted else r.status} · ")
         title.append(f"{r.val_bpb:.6f}" if r.val_bpb is not None else "no val_bpb")
+        title.append(f" · {r.commit[:7]}")
         if r.delta is not None:
             title.append(f" · Δ {r.delta:+.6f} vs the best before ({r.reference:.6f})".replace("-", "−"))
-        title.append(f" · {r.commit[:7]}\n")
+        title.append("\n")
         title.append(sanitize_line(r.description, 1000))
         return title
 

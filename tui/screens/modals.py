@@ -137,8 +137,9 @@ class HelpScreen(ModalScreen[None]):
             with VerticalScroll():
                 yield Static(table)
                 yield Static(Text(HEADER_HELP), classes="help-note")
-            yield Static(Text("Keys that do not apply right now are dimmed or left out of the footer. escape closes.",
-                              style="italic"), classes="help-note")
+            yield Static(Text("Keys that do not apply right now are dimmed or left out of the footer; pressed anyway, "
+                              "they say why. The footer leaves out what does not fit (all keys are here). escape "
+                              "closes.", style="italic"), classes="help-note")
 
     def action_close(self) -> None:
         self.dismiss(None)

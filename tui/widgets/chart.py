@@ -1,4 +1,9 @@
-"""val_bpb progress chart in Unicode braille: every run a dot, crashes marked, the best so far as a step line."""
+"""val_bpb progress chart in Unicode braille: every run a dot, crashes marked, the best so far as a step line.
+
+Drawn by hand: textual-plot and textual-plotext were measured against it (bench/tui_bench.py --only chart-libs)
+and cost about the same on the first frame and per redraw (textual-plot also loads numpy), while neither draws
+off-scale marks, a crash strip or a frontier taken from the engine's decisions without the same code around it.
+"""
 
 from __future__ import annotations
 
