@@ -91,7 +91,7 @@ def append_loss(out: Text, run, best_curve, st, lead: str) -> None:
 class RunStatus(Widget):
     """The run's line (stage, elapsed and training time) and what the stage means: repainted once a second."""
 
-    DEFAULT_CSS = "RunStatus { height: auto; text-wrap: nowrap; text-overflow: ellipsis; }" + \
+    DEFAULT_CSS = "RunStatus { width: 1fr; height: auto; text-wrap: nowrap; text-overflow: ellipsis; }" + \
         _CSS_CLASSES.format(name="RunStatus")
     COMPONENT_CLASSES = _CLASSES
 
@@ -130,7 +130,7 @@ class LossPlot(Widget):
     """The run's loss against the best run's, by progress through the budget: repainted only when a new progress
     update arrives (its Text is the costly part of the panel)."""
 
-    DEFAULT_CSS = "LossPlot { height: 0; text-wrap: nowrap; text-overflow: ellipsis; }" + \
+    DEFAULT_CSS = "LossPlot { width: 1fr; height: 0; text-wrap: nowrap; text-overflow: ellipsis; }" + \
         _CSS_CLASSES.format(name="LossPlot")
     COMPONENT_CLASSES = _CLASSES
 
