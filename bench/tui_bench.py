@@ -209,23 +209,28 @@ def bench_firehose(tmp: Path, lines: int, rate: int = 10_000) -> dict:
             "rss_last_mb": statistics.median([s[2] or 0 for s in samples[-k:]])}
 
 
+def idle_cpu(d: Dashboard, seconds: float) -> dict:
+    """The dashboard's CPU share over `seconds`, after its start-up work (imports, first layout) is done."""
+    time.sleep(3.0)
+    c0, t0 = cpu_s(d.pid), time.monotonic()
+    time.sleep(seconds)
+    c1, t1 = cpu_s(d.pid), time.monotonic()
+    screen = d.term.screen()
+    return {"cpu_share": (c1 - c0) / (t1 - t0), "seconds": t1 - t0,
+            "still_updating": bool(re.findall(r"step (\d{5})", screen))}
+
+
 def bench_idle(tmp: Path, seconds: float = 20.0) -> dict:
     root = workspace(tmp, "idle", run_log=b"compiling...\n")
     ticker = subprocess.Popen([sys.executable, "-c", TICKER, str(root / "run.log")])
     d = Dashboard(root)
     try:
         d.wait("a status update on screen", lambda s: "step 0" in s, interval=0.05)
-        time.sleep(3.0)  # the start-up work (imports, first layout) is not idle time
-        c0, t0 = cpu_s(d.pid), time.monotonic()
-        time.sleep(seconds)
-        c1, t1 = cpu_s(d.pid), time.monotonic()
-        screen = d.term.screen()
+        return idle_cpu(d, seconds)
     finally:
         d.close()
         ticker.terminate()
         ticker.wait()
-    shown = re.findall(r"step (\d{5})", screen)
-    return {"cpu_share": (c1 - c0) / (t1 - t0), "seconds": t1 - t0, "still_updating": bool(shown)}
 
 
 def bench_idle_slots(tmp: Path, slots: int = 4, seconds: float = 20.0) -> dict:
@@ -236,18 +241,12 @@ def bench_idle_slots(tmp: Path, slots: int = 4, seconds: float = 20.0) -> dict:
     d = Dashboard(root)
     try:
         d.wait("the Slots pane", lambda s: f"{slots} runs" in s and "step 0" in s, interval=0.05)
-        time.sleep(3.0)
-        c0, t0 = cpu_s(d.pid), time.monotonic()
-        time.sleep(seconds)
-        c1, t1 = cpu_s(d.pid), time.monotonic()
-        screen = d.term.screen()
+        return {**idle_cpu(d, seconds), "slots": slots}
     finally:
         d.close()
         for t in tickers:
             t.terminate()
             t.wait()
-    return {"cpu_share": (c1 - c0) / (t1 - t0), "seconds": t1 - t0, "slots": slots,
-            "still_updating": bool(re.findall(r"step (\d{5})", screen))}
 
 
 def bench_wake(tmp: Path, rounds: int = 10) -> dict:

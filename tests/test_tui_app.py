@@ -7,7 +7,17 @@ import time
 
 import pytest
 
-from tests.tui_fixtures import T0, git, make_app, make_upstream_repo, make_workspace, screen_text, write_engine
+from tests.tui_fixtures import (
+    T0,
+    control_files,
+    git,
+    make_app,
+    make_upstream_repo,
+    make_workspace,
+    screen_text,
+    wait_for,
+    write_engine,
+)
 from tui.screens.detail import ExperimentScreen
 from tui.screens.modals import ConfirmScreen, HelpScreen, IdeaScreen
 from tui.widgets.results import ResultsTable
@@ -21,20 +31,6 @@ SMALL = (80, 24)
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
-
-
-async def wait_for(pilot, cond, timeout=10.0):
-    """Let the app process messages until cond() holds (thread workers deliver asynchronously)."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await pilot.pause(0.05)
-
-
-def control_files(root):
-    d = root / ".autoresearch" / "control"
-    return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
 
 
 async def test_every_pane_renders_its_data(tmp_path):

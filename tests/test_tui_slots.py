@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -11,11 +10,13 @@ from core.gpu import unavailable
 from core.progress import loss_at, read_curve
 from tests.tui_fixtures import (
     StaticGpu,
+    control_files,
     make_app,
     make_upstream_repo,
     make_workspace,
     parallel_engine,
     screen_text,
+    wait_for,
     write_engine,
 )
 from tui.screens.detail import ExperimentScreen
@@ -31,19 +32,6 @@ NO_GPU = unavailable("no NVIDIA driver (NVML library not found)")
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
-
-
-async def wait_for(pilot, cond, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await pilot.pause(0.05)
-
-
-def control_files(root):
-    d = root / ".autoresearch" / "control"
-    return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
 
 
 def slot_lines(text):

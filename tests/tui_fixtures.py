@@ -259,6 +259,21 @@ class StaticGpu:
         return self._sample
 
 
+async def wait_for(pilot, cond, timeout: float = 10.0) -> None:
+    """Let the app process messages until cond() holds (thread workers deliver asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await pilot.pause(0.05)
+
+
+def control_files(root: Path) -> list[str]:
+    """The control commands waiting for the engine (.autoresearch/control/)."""
+    d = root / ".autoresearch" / "control"
+    return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+
+
 def screen_text(app) -> str:
     """The characters on the app's screen right now, one line per row (what a user reads)."""
     strips = app.screen._compositor.render_strips()

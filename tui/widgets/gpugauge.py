@@ -113,6 +113,15 @@ class GpuGauge(Widget):
     def _level(self, fraction: float) -> str:
         return "hot" if fraction >= 0.95 else "warn" if fraction >= 0.8 else "ok"
 
+    def _bar(self, out: Text, fraction: float | None, width: int) -> None:
+        """A usage bar coloured by level (ok, warn, hot); '?' where the number is unknown."""
+        if fraction is None:
+            out.append("?".ljust(width), style=self._style("dim"))
+            return
+        filled, empty = bar(fraction, width)
+        out.append(filled, style=self._style(self._level(fraction)))
+        out.append(empty, style=self._style("dim"))
+
     def get_content_height(self, container, viewport, width: int) -> int:
         if self.sample is None:
             return 1
@@ -154,14 +163,8 @@ class GpuGauge(Widget):
             out.append(" " + extra.rjust(max(0, width - len(head) - len(name) - 1)), style=dim)
             frac = g.memory_fraction
             nums = f" {_gib(g.memory_used_mb)}/{_gib(g.memory_total_mb)}G"
-            bw = max(4, width - 5 - len(nums))
             out.append("\nVRAM ", style=label)
-            if frac is None:
-                out.append("?".ljust(bw), style=dim)
-            else:
-                filled, empty = bar(frac, bw)
-                out.append(filled, style=self._style(self._level(frac)))
-                out.append(empty, style=dim)
+            self._bar(out, frac, max(4, width - 5 - len(nums)))
             out.append(nums)
             util = g.utilization_percent
             pct = " ?%" if util is None else f" {util:3.0f}%"
@@ -185,13 +188,7 @@ class GpuGauge(Widget):
             tail = f" {runs}" if runs else " idle"
             bw = max(4, min(30, width - len(head) - len(nums) - len(util) - len(tail) - 1))
             out.append(head + " ", style=label)
-            frac = g.memory_fraction
-            if frac is None:
-                out.append("?".ljust(bw), style=dim)
-            else:
-                filled, empty = bar(frac, bw)
-                out.append(filled, style=self._style(self._level(frac)))
-                out.append(empty, style=dim)
+            self._bar(out, g.memory_fraction, bw)
             out.append(nums + util)
             out.append(tail, style=None if runs else dim)
         return out
@@ -203,14 +200,8 @@ class GpuGauge(Widget):
         # CPU: machine-wide use, the cores
         pct = s.cpu_percent
         nums = f" {'?' if pct is None else f'{pct:3.0f}'}% of {s.cpu_count} core{'s' if s.cpu_count != 1 else ''}"
-        bw = max(4, width - 5 - len(nums))
         out.append("CPU  ", style=label)
-        if pct is None:
-            out.append("·" * bw, style=dim)
-        else:
-            filled, empty = bar(pct / 100, bw)
-            out.append(filled, style=self._style(self._level(pct / 100)))
-            out.append(empty, style=dim)
+        self._bar(out, None if pct is None else pct / 100, max(4, width - 5 - len(nums)))
         out.append(nums)
         # memory: used / total of the machine
         out.append("\nRAM  ", style=label)
@@ -219,10 +210,7 @@ class GpuGauge(Widget):
             out.append("unknown", style=dim)
         else:
             nums = f" {m.used_mb / 1024:.1f}/{m.total_mb / 1024:.1f} GiB"
-            frac = m.used_mb / m.total_mb if m.total_mb else 0.0
-            filled, empty = bar(frac, max(4, width - 5 - len(nums)))
-            out.append(filled, style=self._style(self._level(frac)))
-            out.append(empty, style=dim)
+            self._bar(out, m.used_mb / m.total_mb if m.total_mb else None, max(4, width - 5 - len(nums)))
             out.append(nums)
         # the engine's processes, or (read-only) what the last runs needed
         out.append("\n")
