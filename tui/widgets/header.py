@@ -104,14 +104,23 @@ class DashboardHeader(Widget):
         self.starting = False
         self.preparing = False  # --demo: the workspace and its data are being built
         self._styles = ComponentStyles(self, "header--")
+        self._flight: str | None = None  # what the header last said about the runs in flight
 
     def set_snapshot(self, snapshot) -> None:
         self.snapshot = snapshot
+        self._flight = None
         self._fit()
 
     def set_runs(self, runs: dict) -> None:
-        """The runs' live views (once a second, with the clock): repaints only this one widget."""
+        """The runs' live views (once a second, with the clock): repaints only this one widget, and with several
+        runs in flight (no clock in the header, the Slots pane has the times) only when their count changes."""
         self.runs = runs
+        s = self.snapshot
+        if s is not None and s.parallel:
+            key = in_flight(s, runs)
+            if key == self._flight:
+                return
+            self._flight = key
         self.refresh()
 
     def set_notice(self, notice: str) -> None:
