@@ -457,7 +457,7 @@ async def test_live_log_follows_cr_progress_and_a_new_run(tmp_path):
 
 async def test_header_shows_the_stage_elapsed_and_training_time_of_a_live_run(tmp_path):
     """The header follows the trainer through its stages, from its train.log: nothing printed yet (starting),
-    the first untimed steps (compiling), training with its own training time against the budget, evaluating."""
+    the first untimed steps (warm-up), training with its own training time against the budget, evaluating."""
     root = make_workspace(tmp_path / "ws", run_log=b"")
     log = root / ".autoresearch" / "experiments" / "0008" / "train.log"
     app = make_app(root, live=True)
@@ -470,7 +470,7 @@ async def test_header_shows_the_stage_elapsed_and_training_time_of_a_live_run(tm
         with open(log, "ab") as f:
             f.write(b"device: cpu\n\rstep 00000 (0.0%) | loss: 9.0 | remaining: 300s")
             f.flush()
-            await wait_for(pilot, lambda: "exp 0008 · first steps (compiling) · 1:00 elapsed · training 0:00 / 5:00"
+            await wait_for(pilot, lambda: "exp 0008 · warm-up (untimed steps) · 1:00 elapsed · training 0:00 / 5:00"
                            in header())
             f.write(b"\rstep 00001 (14.0%) | loss: 8.0 | remaining: 258s ")
             f.flush()

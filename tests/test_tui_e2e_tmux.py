@@ -154,8 +154,8 @@ def test_real_dashboard_in_tmux_follows_three_slots(tmp_path):
                       and "device: cpu | params: 11.5M" in t, 20)
         with open(exp / "0009" / "train.log", "ab") as f:
             f.write(b"\rstep 00000 (0.0%) | loss: 9.500000 | remaining: 300s ")
-        term.wait_for("slot 2 compiling", lambda t: "CPU 2/3  0009  compiling" in t and
-                      "first steps (compiling)" in t, 20)
+        term.wait_for("slot 2 in its warm-up", lambda t: "CPU 2/3  0009  warm-up" in t and
+                      "warm-up (untimed steps)" in t, 20)
         # the free slot has nothing to abort: the key says so
         term.keys("n")
         term.wait_for("the free slot selected", lambda t: "▶ CPU 3/3" in t, 10)

@@ -100,7 +100,7 @@ def test_log_progress_follows_a_run_through_its_stages(tmp_path):
         f.write(b"\rstep 00000 (0.0%) | loss: 9.000000 | remaining: 20s  \rstep 00001 (0.0%) | loss: 8.9 | rem")
         f.flush()
         log.poll()
-        assert log.stage() == "compiling" and log.last.step == 1
+        assert log.stage() == "warm-up" and log.last.step == 1
         f.write(b"aining: 20s  " + b"".join(b"\rstep %05d (%.1f%%) | loss: %.6f | remaining: %ds " %
                                            (i, i, 8.0 - i / 50, 20 - i // 5) for i in range(2, 60)))
         f.flush()

@@ -18,7 +18,7 @@ _EVAL = re.compile(r"^(?:---\s*$|val_bpb\b|eval)", re.IGNORECASE)
 # stage -> what is going on, said under the run's line while its log has little to show
 STAGES = {
     "starting": "Python imports torch, loads the data and builds the model; the trainer prints once that is done",
-    "compiling": "the first steps compile the model; they do not count against the training budget",
+    "warm-up": "the first steps are not timed (on CUDA they compile the model): they do not count against the budget",
     "training": "",
     "evaluating": "the training budget is spent: prepare.py measures val_bpb on the validation data",
     "recording": "the engine records the result and decides keep or discard",
@@ -133,7 +133,7 @@ class LogProgress:
         return tuple(thin(list(self.points)))
 
     def stage(self, slot_phase: str | None = None) -> str:
-        """starting | compiling | training | evaluating | recording, from the engine's phase and the log."""
+        """starting | warm-up | training | evaluating | recording, from the engine's phase and the log."""
         if slot_phase == "recording":
             return "recording"
         if slot_phase == "evaluating" or self.evaluating:
@@ -144,7 +144,7 @@ class LogProgress:
         if last.fraction is not None and last.fraction >= 1.0 or last.remaining_s == 0:
             return "evaluating"
         if last.fraction == 0.0:
-            return "compiling"  # the first steps (compilation) are not timed: progress stays at 0
+            return "warm-up"  # the first steps (compilation on CUDA) are not timed: progress stays at 0
         return "training"
 
 

@@ -109,9 +109,9 @@ KEYS_HELP = [
 
 
 HEADER_HELP = ("Header: engine state and phase · the current experiment: what its trainer is doing (starting "
-               "train.py, first steps while the model compiles, training, evaluating), the wall time since the "
+               "train.py, warm-up: its first, untimed steps, training, evaluating), the wall time since the "
                "trainer started ('elapsed') and the trainer's own training time against the budget (its first, "
-               "compiling steps do not count, so a run takes longer than its budget) · with several slots, the runs "
+               "warm-up steps do not count, so a run takes longer than its budget) · with several slots, the runs "
                "and proposals in flight · the best val_bpb and its gain over the baseline. "
                "Δ decided (results, ratchet, detail): val_bpb minus the best the run was decided against, the "
                "number its keep or discard was made on; it never changes when later runs are kept.")

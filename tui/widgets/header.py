@@ -26,13 +26,13 @@ def short_path(path: Path) -> str:
     return "~" + p[len(home):] if home and home != "/" and (p == home or p.startswith(home + os.sep)) else p
 
 
-STAGE_WORDS = {"starting": "starting train.py", "compiling": "first steps (compiling)", "training": "training",
+STAGE_WORDS = {"starting": "starting train.py", "warm-up": "warm-up (untimed steps)", "training": "training",
                "evaluating": "evaluating", "recording": "recording"}
 
 
 def run_clock(run) -> str:
     """'1:12 elapsed · training 0:08 / 0:20': wall time since the trainer started, and its own training time
-    (its progress through the budget; the first, compiling steps do not count) against the budget."""
+    (its progress through the budget; the first, untimed warm-up steps do not count) against the budget."""
     parts = []
     if run.elapsed_s is not None:
         parts.append(f"{fmt_duration(run.elapsed_s)} elapsed")
