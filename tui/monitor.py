@@ -11,7 +11,8 @@ from core.procs import MachineMemory
 
 from .runs import Curve, RunView, RunWatcher
 
-PID_SCAN_S = 5.0  # process trees are re-read this often (or when the engine reports another child)
+PID_SCAN_S = 5.0  # the engine's process tree is re-read this often (a scan of every process: most of the cost)
+SLOT_SCAN_S = 15.0  # a run's own tree (its data-loader workers), for its memory: they appear at its start
 
 
 @dataclass(frozen=True)
@@ -48,9 +49,9 @@ class Monitor:
         self._trees: dict[int, tuple[float, list[int]]] = {}  # root pid -> (scanned at, descendants)
         procs.cpu_percent()  # the first call only starts psutil's measurement window
 
-    def _tree(self, pid: int, now: float) -> list[int]:
+    def _tree(self, pid: int, now: float, every: float = PID_SCAN_S) -> list[int]:
         hit = self._trees.get(pid)
-        if hit is None or now - hit[0] >= PID_SCAN_S:
+        if hit is None or now - hit[0] >= every:
             # a scan of every process is most of an idle dashboard's CPU: reuse a tree for a few seconds
             hit = self._trees[pid] = (now, procs.descendants(pid))
         return [p for p in hit[1] if procs.pid_alive(p)]
@@ -69,7 +70,7 @@ class Monitor:
                 trainer = procs.tree_rss_mb(pids)
             for s in slots:
                 if s.experiment and s.child is not None and procs.pid_alive(s.child.pid):
-                    slot_pids[s.id] = [s.child.pid, *self._tree(s.child.pid, mono)]
+                    slot_pids[s.id] = [s.child.pid, *self._tree(s.child.pid, mono, SLOT_SCAN_S)]
         keep = {engine.pid} if engine is not None and engine.pid else set()
         keep.update(s.child.pid for s in slots if s.child is not None)
         for pid in [p for p in self._trees if p not in keep]:

@@ -145,8 +145,9 @@ class LossPlot(Widget):
     def set_data(self, run, best_curve, best_id) -> None:
         self.run, self.best_curve, self.best_id = run, best_curve, best_id
         c = run.curve if run is not None else ()
-        key = (run.exp_id if run else None, len(c), c[-1] if c else None, run.last if run else None,
-               len(best_curve), best_curve[-1] if best_curve else None, best_id)
+        loss = None if run is None or run.loss is None else f"{run.loss:.3f}"  # as the legend shows it
+        key = (run.exp_id if run else None, len(c), c[-1] if c else None, loss, len(best_curve),
+               best_curve[-1] if best_curve else None, best_id)
         if key != self._key:
             self._key = key
             self.refresh()
