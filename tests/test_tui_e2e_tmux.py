@@ -66,7 +66,9 @@ def test_real_dashboard_in_tmux_controls_a_real_engine_and_reattaches(tmp_path):
     subprocess.run([sys.executable, "prepare.py"], cwd=root, check=True, capture_output=True, timeout=300)
     # the options of an earlier `autoresearch loop`, which `s` reuses (documented in docs/architecture.md)
     (root / ".autoresearch").mkdir(exist_ok=True)
-    (root / ".autoresearch" / "config.json").write_text(json.dumps({"agent": "mutate", "tag": "e2e"}))
+    # lookahead 0: the strictly sequential engine, whose dashboard is milestone 1's (one run, its countdown in the
+    # header); the Slots pane is driven in tmux by the test below
+    (root / ".autoresearch" / "config.json").write_text(json.dumps({"agent": "mutate", "tag": "e2e", "lookahead": 0}))
 
     argv = shlex.join(tui_command())
     # after the dashboard exits the pane stays, showing its exit code (and so the test sees q worked)
@@ -168,9 +170,10 @@ def test_real_dashboard_in_tmux_follows_three_slots(tmp_path):
         term.wait_for("the abort question", lambda t: "Abort experiment 0008 on CPU 1/3?" in t, 10)
         term.keys("y")
         deadline = time.monotonic() + 10
-        while not (root / ".autoresearch" / "control" / "abort").exists() and time.monotonic() < deadline:
+        abort = root / ".autoresearch" / "control" / "abort-0008"  # that run only
+        while not abort.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert (root / ".autoresearch" / "control" / "abort").exists()
+        assert abort.exists() and not (root / ".autoresearch" / "control" / "abort").exists()
         term.keys("q")
         term.wait_for("the dashboard exits", lambda t: "TUI-EXITED 0" in t, 20)
 

@@ -96,7 +96,8 @@ async def test_slots_pane_with_three_slots(tmp_path):
         assert "the other runs go on" in screen_text(app)
         await pilot.press("y")
         await pilot.pause()
-        assert control_files(root) == ["abort"]
+        assert control_files(root) == ["abort-0008"]  # that run only (core.control.send with its id)
+        assert app.last_message == "abort of 0008 sent to the engine"
 
         # enter in the Slots pane opens the selected run, which has no results row yet
         app.screen.query_one("#slots").focus()

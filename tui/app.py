@@ -239,14 +239,15 @@ class DashboardApp(App):
         self.last_message = text
         self.notify(text, severity=severity, markup=False)
 
-    def send_control(self, command: str) -> None:
+    def send_control(self, command: str, exp_id: str | None = None) -> None:
+        """A control command for the engine; exp_id: abort that run only (several slots), the others go on."""
         from core import control
         try:
-            control.send(self._workspace(), command)
-        except OSError as e:
+            control.send(self._workspace(), command, exp_id=exp_id)
+        except (OSError, ValueError) as e:
             self.say(f"could not send {command}: {e}", "error")
             return
-        self.say(f"{command} sent to the engine")
+        self.say(f"{command} of {exp_id} sent to the engine" if exp_id else f"{command} sent to the engine")
         self._reload.set()
 
     def queue_idea(self, text: str) -> None:

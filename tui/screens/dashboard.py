@@ -327,6 +327,7 @@ class DashboardScreen(Screen):
     def action_abort(self) -> None:
         from .modals import ConfirmScreen
         snap = self.app.snapshot
+        exp_id = None  # one slot: abort the run (there is one)
         if self._parallel:
             slot = self._followed_slot()
             exp_id = slot.experiment if slot is not None else None
@@ -341,7 +342,7 @@ class DashboardScreen(Screen):
 
         def done(yes: bool | None) -> None:
             if yes:
-                self.app.send_control("abort")
+                self.app.send_control("abort", exp_id=exp_id)
 
         self.app.push_screen(ConfirmScreen(question, yes="Abort"), done)
 
