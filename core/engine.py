@@ -26,6 +26,7 @@ from .early_stop import Calibration, Monitor, Verdict, calibrate
 from .errors import UserError
 from .events import EventLog, read_finished
 from .executors.base import Executor, RunCallbacks, RunHandle, RunSpec, Slot
+from .ledger import ABORTED
 from .lock import EngineLock
 from .meta import ExperimentMeta, read_meta, write_meta
 from .noise import NoiseFloor, measure, remeasure_reason
@@ -42,7 +43,6 @@ CONTROL_POLL_S = 0.2  # control files are looked at 5 times a second, also while
 MAX_AGENT_FAILURES = 3  # consecutive proposals lost to the agent itself (error, timeout, nothing changed) -> pause
 MAX_REBASES = 2  # a proposal that no longer applies goes back to its agent at most this often
 PROGRAM_MESSAGE = "program.md: directives updated"
-ABORTED = "aborted by user"
 STOPPED = "engine stopped"
 INTERRUPTED = "engine interrupted"
 NOT_TRAINED = "not trained: the engine was stopping"

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Iterable
 
 HEADER = ("commit", "val_bpb", "memory_gb", "status", "description")
+ABORTED = "aborted by user"  # the reason of a run a person aborted (a crash row ends with it in parentheses)
 HEADER_LINE = "\t".join(HEADER)
 STATUSES = ("keep", "discard", "crash")
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 from core import ledger as ledger_mod
 from core.errors import UserError
+from core.ledger import ABORTED
 from core.status import Current, EngineStatus, Proposal, SlotRun, clean_id, is_alive
 from core.workspace import Workspace, read_json
 
 WORKSPACE = "workspace"  # an autoresearch workspace: the dashboard can steer its engine
 UPSTREAM = "upstream"  # a plain upstream-style repo (results.tsv + run.log + git): read-only
-ABORTED = "aborted by user"  # the crash reason of an abort, as core.engine.ABORTED writes it (not imported: heavy)
 
 
 def classify(root: Path) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widget import Widget
 
-from core.plot import _y_limits as y_limits  # the same zoom as `autoresearch plot`
+from core.plot import y_limits  # the same zoom as `autoresearch plot`
 
 # braille dot bits by [row 0..3][column 0..1] within one character cell (2 x 4 dots)
 BITS = ((0x01, 0x08), (0x02, 0x10), (0x04, 0x20), (0x40, 0x80))
