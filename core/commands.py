@@ -17,6 +17,7 @@ from . import control, events, ledger
 from .errors import UserError
 from .lock import lock_held, lock_holder_pid
 from .pyconst import read_one as read_constant
+from .report import printable
 from .status import EngineStatus, read_status, running_engine
 from .workspace import Workspace
 
@@ -159,10 +160,21 @@ def status_text(ws: Workspace, st: EngineStatus) -> str:
     else:
         last = f" (last: {st.message})" if st.message else ""
         lines.append(f"engine: stopped{last}")
-    cur = st.current() if st.alive else None
     now = time.time()
+    many = st.alive and (len(st.slots) > 1 or len(st.proposals) > 1 or any(s.node for s in st.slots))
+    cur = st.current() if st.alive and not many else None
+    if many:  # one line per slot, then the proposals in flight
+        for s in st.slots:
+            where = s.label + (f" on {s.node}" if s.node and s.node not in s.label else "")
+            if s.experiment:
+                t = (f", training for {_ago(now - s.training_started_at)}" if s.training_started_at else "")
+                lines.append(f"slot {where}: {s.experiment} {s.phase}{t}: {printable(s.description) or '(no description)'}")
+            else:
+                lines.append(f"slot {where}: free")
+        for p in st.proposals:
+            lines.append(f"proposal {p.id}: {p.state}" + (f": {printable(p.description)}" if p.description else ""))
     if cur:
-        line = f"experiment {cur.id}: {cur.description or '(proposing)'}"
+        line = f"experiment {cur.id}: {printable(cur.description) or '(proposing)'}"
         if cur.training_started_at:
             line += f", training for {_ago(now - cur.training_started_at)}"
             if cur.time_budget:
@@ -179,6 +191,14 @@ def status_text(ws: Workspace, st: EngineStatus) -> str:
         lines.append(line)
     elif led.best:
         lines.append(f"best in results.tsv: val_bpb {led.best.val_bpb:.6f} ({led.best.commit})")
+    extra = st.extra if st.alive else {}
+    if isinstance(extra.get("noise"), dict) and extra["noise"].get("text"):
+        lines.append(f"decisions: {extra['noise'].get('rule', 'noise')} rule, {printable(str(extra['noise']['text']))}")
+    from .meta import spending
+    from .report import spending_line
+    line = spending_line(spending(ws.experiments_dir), len(led.rows))
+    if line:
+        lines.append(line)
     rows = led.rows
     kept = sum(r.status == "keep" for r in rows)
     crashed = sum(r.status == "crash" for r in rows)

@@ -28,7 +28,7 @@ from .events import EventLog, read_finished
 from .executors.base import Executor, RunCallbacks, RunHandle, RunSpec, Slot
 from .ledger import ABORTED
 from .lock import EngineLock
-from .meta import ExperimentMeta, read_meta, write_meta
+from .meta import ExperimentMeta, read_meta, spending, write_meta
 from .noise import NoiseFloor, measure, remeasure_reason
 from .procs import ProcessId
 from .progress import read_curve
@@ -144,6 +144,7 @@ class Engine:
         self.noise_plan: dict = {}
         self.overrules: list[str] = []  # decisions a person made in this session (for the next prompt)
         self.cost_usd = 0.0  # what the agent spent on this tag (every proposal counts)
+        self.cost_count = 0  # proposals whose cost is in cost_usd
         self.cost_estimated = False
         self.state: StatusWriter | None = None
         self.events: EventLog | None = None
@@ -1000,18 +1001,15 @@ class Engine:
 
     # --- what the agent spends -------------------------------------------------------------------------
     def _load_cost(self) -> None:
-        d = self.ws.experiments_dir
-        for p in (d.iterdir() if d.is_dir() else []):
-            m = read_meta(p) if p.name.isdigit() else None
-            if m is not None and m.tag == self.cfg.tag and m.agent is not None and m.agent.cost_usd:
-                self.cost_usd += m.agent.cost_usd
-                self.cost_estimated |= m.agent.cost_estimated
+        spent = spending(self.ws.experiments_dir, self.cfg.tag)  # this tag's, over every session
+        self.cost_usd, self.cost_count, self.cost_estimated = spent.usd, spent.proposals, spent.estimated
         self._publish_cost()
 
     def _add_cost(self, usage) -> None:
         if usage is None or not usage.cost_usd:
             return
         self.cost_usd += usage.cost_usd
+        self.cost_count += 1
         self.cost_estimated |= usage.cost_estimated
         self._publish_cost()
         cap = self.cfg.max_cost
@@ -1021,7 +1019,7 @@ class Engine:
 
     def _publish_cost(self) -> None:
         self.state.update_extra(cost={"usd": round(self.cost_usd, 4), "estimated": self.cost_estimated,
-                                      "max_usd": self.cfg.max_cost})
+                                      "max_usd": self.cfg.max_cost, "proposals": self.cost_count})
 
     # --- recording: the results.tsv line is the commit point -----------------------------------------
     def _record_untrained(self, e: Exp, status: str, reason: str) -> None:
@@ -1095,7 +1093,7 @@ class Engine:
                          commit=commit, description=description, reason=reason, reference=reference,
                          best=self.best_val, kind=m.kind, confirms=m.confirms,
                          slot=(m.slot or {}).get("id"), confidence=(m.extra.get("keep_rule") or {}).get("confidence"),
-                         decided_by=m.decided_by)
+                         decided_by=m.decided_by, stopped_early=e.early_stop is not None and status == "discard")
         self._publish()
         faults.point("between_experiments")
 
