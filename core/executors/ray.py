@@ -50,6 +50,9 @@ _MAX_CHUNK = 1 << 20  # output bytes per streamed item
 
 def import_ray():
     """The ray module, or UserError saying how to install the extra."""
+    # Ray's `uv run` integration would upload the engine's folder and start every worker through `uv run`
+    # (a fresh environment per node); the nodes get this engine's core package instead (see _connect)
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     try:
         import ray
     except ImportError:
@@ -469,7 +472,7 @@ class RayExecutor:
             options["num_gpus"] = 1
         elif self.resource != "CPU":
             options["resources"] = {self.resource: 1}
-        self.remote_run = ray.remote(node_run).options(**options)
+        self.remote_run = ray.remote(**options)(node_run)
         self.trainer_env = {v: str(self.cpus_per_run) for v in _THREAD_VARS} if self.resource == "CPU" else {}
         what = "1 GPU" if self.resource == "GPU" else (f"{self.cpus_per_run} CPU" if self.resource == "CPU"
                                                       else f"1 {self.resource}")
@@ -557,6 +560,11 @@ def _connect(ray, address: str, origin: str | None, log: Callable[[str], None]) 
     # the nodes run this engine's own core package: shipped once per version of its files, cached by Ray
     runtime_env = {"py_modules": [str(core_dir)], "excludes": ["__pycache__", "*.pyc"]}
     kwargs = {"include_dashboard": False} if address == "local" else {}
+    if os.environ.get("RAY_ENABLE_UV_RUN_RUNTIME_ENV") == "0":  # ray imported before import_ray() read it
+        with contextlib.suppress(ImportError, AttributeError):
+            from ray._private import ray_constants
+
+            ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = False
     try:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING, runtime_env=runtime_env,
                  **kwargs)

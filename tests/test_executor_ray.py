@@ -1,0 +1,273 @@
+"""The Ray executor on a real local Ray cluster: two nodes on this machine, a custom resource standing in for GPUs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from engine_fixtures import ROOT, wait_for
+from ray_fixtures import CLIENT, COUNTING_PREPARE, Recorder, spec, trainer
+
+from core.errors import UserError
+from core.executors import ray as rayx
+from core.procs import pid_alive
+
+# --- without a cluster ---------------------------------------------------------------------------------------
+
+
+def test_without_the_extra_one_sentence_says_how_to_add_it(tmp_path):
+    code = ("import sys; sys.modules['ray'] = None\n"  # what an install without the extra looks like
+            "from core.errors import UserError\n"
+            "from core.executors.ray import RayExecutor\n"
+            "try:\n    RayExecutor(sys.argv[1])\nexcept UserError as e:\n    print(e)\n")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == rayx.INSTALL_HINT
+    assert "uv sync --extra ray" in r.stdout
+
+
+def test_bad_addresses_are_one_sentence_before_ray_is_asked(tmp_path):
+    with pytest.raises(UserError, match="not supported"):
+        rayx._resolve_address("ray://head:10001")
+    with pytest.raises(UserError, match="not host:port"):
+        rayx._resolve_address("head")
+    with pytest.raises(UserError, match="nothing answers at the Ray address 127.0.0.1:9"):
+        rayx._resolve_address("127.0.0.1:9")
+
+
+def test_no_address_and_no_cluster_means_a_local_instance(monkeypatch, tmp_path):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))  # a stale ray_current_cluster must not be trusted
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray_current_cluster").write_text("127.0.0.1:9")
+    assert rayx._resolve_address(None) == ("local", None)
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
+    with pytest.raises(UserError, match=r"\(RAY_ADDRESS\)"):
+        rayx._resolve_address(None)
+
+
+def test_a_workspace_key_names_the_machine_and_folder(tmp_path):
+    a, b = rayx.workspace_key(tmp_path / "a"), rayx.workspace_key(tmp_path / "b")
+    assert a != b and len(a) == 12 and rayx.workspace_key(tmp_path / "a") == a
+
+
+# --- on a real cluster ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cluster():
+    try:
+        rayx.import_ray()  # the executor imports ray first: it sets how Ray starts its workers
+    except UserError:
+        pytest.skip("the ray extra is not installed (uv sync --extra ray)")
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    nodes = [c.add_node(num_cpus=1, resources={"fake_gpu": 1}) for _ in range(2)]
+    c.wait_for_nodes()
+    yield c, nodes
+    c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ex(cluster, tmp_path_factory):
+    c, _ = cluster
+    root = tmp_path_factory.mktemp("ray-ws")
+    log: list[str] = []
+    executor = rayx.RayExecutor(root, address=c.address, resource="fake_gpu",
+                                cache=str(tmp_path_factory.mktemp("ray-cache")), log=log.append)
+    executor.messages = log
+    yield executor
+    executor.close()
+
+
+def dead(pid: int | None) -> bool:
+    return pid is not None and not pid_alive(pid)
+
+
+@pytest.mark.slow
+def test_slots_are_the_clusters_resource_capped_by_slots(ex, cluster):
+    c, _ = cluster
+    assert [s.id for s in ex.slots()] == ["0", "1"]
+    assert ex.slots()[0].node is None  # known once Ray places a run
+    assert "2 slot(s) of 1 fake_gpu" in ex.summary
+    capped = rayx.RayExecutor(ex.ws_root, address=c.address, resource="fake_gpu", slots=1, log=lambda m: None)
+    assert len(capped.slots()) == 1
+    capped.close()
+    with pytest.raises(UserError, match="has no tpu_v9 for a run"):
+        rayx.RayExecutor(ex.ws_root, address=c.address, resource="tpu_v9", log=lambda m: None)
+
+
+@pytest.mark.slow
+def test_two_runs_are_placed_on_both_nodes_and_report_trusted_metrics(ex):
+    root = ex.ws_root
+    recs = [Recorder(), Recorder()]
+    handles = [ex.start(slot, spec(root, f"010{i}", trainer(quality=0.9 + i / 10, sleep=1.0)), rec.callbacks())
+               for i, (slot, rec) in enumerate(zip(ex.slots(), recs))]
+    results = [h.result(timeout=60) for h in handles]
+    for i, (h, r, rec) in enumerate(zip(handles, results, recs)):
+        assert r is not None and r.ok, (r, rec.text)
+        assert r.val_bpb == pytest.approx(0.9 + i / 10)
+        assert r.peak_vram_mb == 2048.0
+        assert '"val_bpb"' in (root / "experiments" / f"010{i}" / "metrics.json").read_text()
+        assert len(rec.starts) == 1 and rec.starts[0][0] is None  # no local process: the run is on a node
+        assert h.slot.node == rec.starts[0][1] == h.node
+        assert h.slot.label == f"{h.node} fake_gpu"
+        assert rec.phases[:2] == ["starting", "training"]
+    assert handles[0].node != handles[1].node  # one fake_gpu per node: Ray had to use both
+
+
+@pytest.mark.slow
+def test_output_streams_to_the_logs_while_the_run_trains(ex):
+    root = ex.ws_root
+    rec = Recorder()
+    h = ex.start(ex.slots()[0], spec(root, "0200", trainer(sleep=3.0)), rec.callbacks())
+    log = root / "experiments" / "0200" / "train.log"
+    wait_for(lambda: b"step 01" in log.read_bytes() if log.exists() else False, timeout=30, what="step 01 in train.log")
+    assert not h.done()  # the line arrived while the run still trained
+    assert "step 01" in rec.text
+    r = h.result(timeout=60)
+    assert r.ok, r
+    streamed = log.read_bytes()
+    assert streamed == (root / "run-0200.log").read_bytes()
+    assert b"training pid" in streamed and b"val_bpb:" in streamed
+    assert streamed.startswith(b"autoresearch: placed by Ray on ")
+
+
+@pytest.mark.slow
+def test_a_crash_in_the_trainer_is_its_own_reason(ex):
+    rec = Recorder()
+    r = ex.start(ex.slots()[0], spec(ex.ws_root, "0300", trainer(mode="crash")), rec.callbacks()).result(timeout=60)
+    assert not r.ok and r.reason == "train.py exited with code 1"
+    assert any("fake crash in the trainer" in line for line in r.tail)
+
+
+@pytest.mark.slow
+def test_cancel_kills_the_remote_process_group(ex):
+    rec = Recorder()
+    h = ex.start(ex.slots()[0], spec(ex.ws_root, "0400", trainer(mode="spawn")), rec.callbacks())
+    wait_for(lambda: rec.pid("grandchild"), timeout=30, what="the grandchild's pid")
+    pids = rec.pid("training"), rec.pid("grandchild")
+    assert all(pid_alive(p) for p in pids)
+    t0 = time.monotonic()
+    h.cancel("aborted from the CLI")
+    r = h.result(timeout=60)
+    assert r.cancelled and not r.ok and r.reason == "cancelled"
+    assert all(dead(p) for p in pids), [psutil.Process(p).status() for p in pids if pid_alive(p)]
+    assert time.monotonic() - t0 < 15
+
+
+@pytest.mark.slow
+def test_a_fresh_node_prepares_the_data_once_under_a_lock(ex, cluster, tmp_path):
+    c, _ = cluster
+    cache = tmp_path / "shared-cache"  # both nodes see it: two first runs race for the lock
+    fresh = rayx.RayExecutor(ex.ws_root, address=c.address, resource="fake_gpu", cache=str(cache),
+                             log=lambda m: None)
+    recs = [Recorder(), Recorder()]
+    handles = [fresh.start(s, spec(ex.ws_root, f"050{i}", trainer(), prepare=COUNTING_PREPARE), rec.callbacks())
+               for i, (s, rec) in enumerate(zip(fresh.slots(), recs))]
+    assert all(h.result(timeout=60).ok for h in handles), [r.text for r in recs]
+    assert len((cache / "prepare-runs.txt").read_text().splitlines()) == 1
+    said = [("first run on node" in r.text, "waiting for another run" in r.text) for r in recs]
+    assert sorted(said) == [(False, True), (True, False)], [r.text for r in recs]
+    assert "fake prepare: building the dataset" in next(r.text for r in recs if "first run" in r.text)
+    later = Recorder()
+    assert fresh.start(fresh.slots()[0], spec(ex.ws_root, "0502", trainer(), prepare=COUNTING_PREPARE),
+                       later.callbacks()).result(timeout=60).ok
+    assert "first run" not in later.text and "prepar" not in later.text
+    assert len((cache / "prepare-runs.txt").read_text().splitlines()) == 1
+    fresh.close()
+
+
+@pytest.mark.slow
+def test_a_killed_engine_leaves_nothing_running_after_cleanup(ex, cluster, tmp_path):
+    c, _ = cluster
+    root = tmp_path / "ws"
+    root.mkdir()
+    client = subprocess.Popen([sys.executable, "-c", CLIENT, str(root), c.address, "fake_gpu",
+                               str(ROOT / "tests")], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True)
+    try:
+        line = client.stdout.readline()
+        assert line.startswith("trainer "), line
+        trainer_pid, grandchild = int(line.split()[1]), int(line.split()[3])
+    finally:
+        os.kill(client.pid, signal.SIGKILL)
+        client.wait()
+    time.sleep(1.0)
+    orphan_before = pid_alive(grandchild)  # Ray ends the task of a dead owner, not the trainer's group
+    log: list[str] = []
+    after = rayx.RayExecutor(root, address=c.address, resource="fake_gpu", log=log.append)
+    after.cleanup_orphans(log.append)
+    assert dead(trainer_pid) and dead(grandchild)
+    if orphan_before:
+        assert any("ended" in m and "run(s) 0001" in m for m in log), log
+    import ray
+
+    total = ray.cluster_resources()["fake_gpu"]
+    wait_for(lambda: ray.available_resources().get("fake_gpu", 0) == total, timeout=30,
+             what="the dead engine's task to free its fake_gpu")
+    assert not (Path(rayx.tempfile.gettempdir()) / rayx.SCRATCH / after.ws_key).exists()
+    after.close()
+
+
+@pytest.mark.slow
+def test_a_node_killed_mid_run_gives_exactly_one_crash(ex, cluster):
+    c, _ = cluster
+    victim = c.add_node(num_cpus=1, resources={"victim_gpu": 1})
+    c.wait_for_nodes()
+    on_victim = rayx.RayExecutor(ex.ws_root, address=c.address, resource="victim_gpu", log=lambda m: None)
+    rec = Recorder()
+    h = on_victim.start(on_victim.slots()[0], spec(ex.ws_root, "0700", trainer(sleep=60.0)), rec.callbacks())
+    wait_for(lambda: "step 00" in rec.text, timeout=30, what="the run to train on the victim node")
+    trainer_pid = rec.pid("training")
+    c.remove_node(victim, allow_graceful=False)
+    r = h.result(timeout=60)
+    assert r is not None and not r.ok and r.reason.startswith("node lost: "), r
+    assert h.node in r.reason
+    assert len(rec.starts) == 1 and h.result(timeout=0) is r
+    wait_for(lambda: dead(trainer_pid), timeout=30, what="the trainer to end with its node")
+    on_victim.close()
+
+
+# --- the engine's loop on the cluster ------------------------------------------------------------------------
+
+def _loop_has_executor_option() -> bool:
+    r = subprocess.run([sys.executable, "-m", "core.cli", "loop", "--help"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    return "--executor" in r.stdout
+
+
+@pytest.mark.slow
+def test_the_loop_runs_on_the_cluster(cluster, tmp_path_factory, tmp_path):
+    if not _loop_has_executor_option():
+        pytest.skip("`autoresearch loop --executor` is not in the CLI yet (it lands with the scheduler)")
+    from engine_fixtures import cli_env, git, tsv_rows
+    from prepare_helpers import prepared_cache
+
+    from core.scaffold import create_workspace
+
+    c, _ = cluster
+    cache = prepared_cache(tmp_path_factory)
+    ws = create_workspace(tmp_path / "demo", profile="cpu", dataset="pystdlib", time_budget=5)
+    env = dict(cli_env(), AUTORESEARCH_CACHE=str(cache))
+    r = subprocess.run([sys.executable, "-m", "core.cli", "-C", str(ws.root), "loop", "--executor", "ray",
+                        "--ray-address", c.address, "--slots", "2", "--max", "4", "--agent", "mutate"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = tsv_rows(ws)
+    assert len(rows) == 4
+    assert git(ws.root, "status", "--porcelain") == ""
+    nodes = set()
+    for d in sorted((ws.root / ".autoresearch" / "experiments").iterdir()):
+        meta = (d / "meta.json").read_text()
+        assert "node" in meta
+        nodes.add(__import__("json").loads(meta).get("node"))
+        assert (d / "train.log").stat().st_size > 0
+    assert len(nodes) == 2, nodes
