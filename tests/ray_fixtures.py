@@ -72,7 +72,7 @@ class Recorder:
         return int(m.group(1)) if m else None
 
 
-# an engine in its own process: starts one run on the cluster, prints its output, waits (the test kills it -9)
+# an engine in its own process: starts a run in each slot, prints their pids, waits (the test kills it -9)
 CLIENT = r'''
 import sys, time
 from pathlib import Path
@@ -82,10 +82,12 @@ from ray_fixtures import Recorder, spec, trainer
 
 root, address, resource = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 ex = RayExecutor(root, address=address, resource=resource, log=lambda m: None)
-rec = Recorder()
-handle = ex.start(ex.slots()[0], spec(root, "0001", trainer(sleep=0.2, mode="spawn")), rec.callbacks())
-while rec.pid("grandchild") is None:
+recs = {f"000{i + 1}": Recorder() for i in range(len(ex.slots()))}
+handles = [ex.start(slot, spec(root, exp, trainer(sleep=0.2, mode="spawn")), rec.callbacks())
+           for slot, (exp, rec) in zip(ex.slots(), recs.items())]
+while any(rec.pid("grandchild") is None for rec in recs.values()):
     time.sleep(0.05)
-print(f"trainer {rec.pid('training')} grandchild {rec.pid('grandchild')}", flush=True)
+for exp, rec in recs.items():
+    print(exp, rec.pid("training"), rec.pid("grandchild"), flush=True)
 time.sleep(600)
 '''

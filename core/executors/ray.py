@@ -249,8 +249,8 @@ def node_run(job: NodeJob) -> Iterator[tuple]:
         worker.join(timeout=CANCEL_WAIT_S)
 
 
-def sweep(ws_key: str) -> list[dict]:
-    """Kill every process a run of this workspace left on this node (a cleanup task, one per node).
+def sweep(ws_key: str, exp_id: str | None = None) -> list[dict]:
+    """Kill every process that runs of this workspace (or its run exp_id) left on this node (a cleanup task).
 
     Processes are found by RUN_MARK in their environment, which the trainer's children inherit; each one's
     whole process group is killed. Returns what was found: [{"pid", "run"}].
@@ -265,6 +265,8 @@ def sweep(ws_key: str) -> list[dict]:
             continue
         if not mark.startswith(f"{ws_key}/") or p.pid == os.getpid():
             continue
+        if exp_id is not None and mark != f"{ws_key}/{exp_id}":
+            continue
         found.append({"pid": p.pid, "run": mark.split("/", 1)[1]})
         with contextlib.suppress(OSError):
             groups.add(os.getpgid(p.pid))
@@ -274,7 +276,7 @@ def sweep(ws_key: str) -> list[dict]:
     for item in found:
         with contextlib.suppress(psutil.Error, OSError):
             psutil.Process(item["pid"]).kill()
-    shutil.rmtree(_scratch(ws_key), ignore_errors=True)
+    shutil.rmtree(_scratch(ws_key) if exp_id is None else _scratch(ws_key) / exp_id, ignore_errors=True)
     return found
 
 
@@ -316,9 +318,16 @@ class _LogSink:
             f.close()
 
 
-def _lost(e: BaseException, where: str) -> str:
+def _lost(e: BaseException, node: str | None, label: str) -> str:
+    """The crash reason of a run that Ray lost (its node died, its worker crashed, its objects are gone)."""
+    from ray.exceptions import NodeDiedError
+
+    if node is None:
+        return f"node lost: Ray lost the run before placing it ({type(e).__name__})"
+    if isinstance(e, NodeDiedError):
+        return f"node lost: node {node} died while the run was on it ({label})"
     first = (str(e).strip().splitlines() or [""])[0][:200]
-    return f"node lost: {where}: Ray reported {type(e).__name__}" + (f" ({first})" if first else "")
+    return f"node lost: Ray lost the run on {label} ({type(e).__name__}" + (f": {first})" if first else ")")
 
 
 class RayRunHandle(ThreadRunHandle):
@@ -328,6 +337,7 @@ class RayRunHandle(ThreadRunHandle):
         self._executor = executor
         self._callbacks = callbacks
         self.node: str | None = None
+        self.node_id: str | None = None
         self.placed_at: float | None = None  # seconds from start() to the task running on its node
         self.first_output_at: float | None = None
         super().__init__(slot, spec, self._follow)
@@ -347,7 +357,6 @@ class RayRunHandle(ThreadRunHandle):
         phase = "starting"
         cb.on_phase(phase)
         gen = ex.remote_run.options(name=f"autoresearch {ex.ws_key} {spec.exp_id}").remote(job)
-        where = "the run was waiting for Ray to place it"
         cancelled_at = forced_at = deadline = None
         timed_out = False
         try:
@@ -360,30 +369,30 @@ class RayRunHandle(ThreadRunHandle):
                 elif cancelled_at is not None and forced_at is None and now - cancelled_at > CANCEL_WAIT_S:
                     ray.cancel(gen, force=True)
                     forced_at = now
-                elif forced_at is not None and now - forced_at > CANCEL_WAIT_S:
-                    return _crash(f"{where}; the task did not end after a forced cancel", sink.tail.lines(),
-                                  now - t0, cancelled=not timed_out, timed_out=timed_out)
+                elif forced_at is not None and now - forced_at > CANCEL_WAIT_S:  # Ray never confirmed the end
+                    self._sweep()
+                    return self._stopped(timed_out, sink, now - t0)
                 ready, _ = ray.wait([gen], timeout=POLL_S)
                 if not ready:
                     continue
                 try:
                     item = ray.get(next(gen))
                 except StopIteration:
-                    return _crash(_lost(RuntimeError("the task ended without a result"), where), sink.tail.lines(),
-                                  time.monotonic() - t0)
+                    return _crash(f"node lost: the task on {self.slot.label} ended without a result",
+                                  sink.tail.lines(), time.monotonic() - t0)
                 except TaskCancelledError:
                     if cancelled_at is None:
                         return _crash("cancelled on the Ray cluster (ray.cancel or a stopped job)", sink.tail.lines(),
                                       time.monotonic() - t0, cancelled=True)
-                    if timed_out:
-                        return _crash(f"timed out after {spec.timeout:.0f} s (hard limit; the node did not end it)",
-                                      sink.tail.lines(), time.monotonic() - t0, timed_out=True)
-                    return _crash("cancelled", sink.tail.lines(), time.monotonic() - t0, cancelled=True)
+                    if forced_at is not None:  # the worker was killed: nothing in it cleaned up
+                        self._sweep()
+                    return self._stopped(timed_out, sink, time.monotonic() - t0)
                 except RayTaskError as e:  # raised by our code on the node, not a lost node
                     return _crash(f"executor error on {self.node or 'the node'}: {getattr(e, 'cause', e)!r}"[:500],
                                   sink.tail.lines(), time.monotonic() - t0)
                 except RayError as e:  # NodeDiedError, WorkerCrashedError, ObjectLostError, OwnerDiedError, ...
-                    return _crash(_lost(e, where), sink.tail.lines(), time.monotonic() - t0)
+                    self._sweep()  # a crashed worker leaves the trainer's children behind on a live node
+                    return _crash(_lost(e, self.node, self.slot.label), sink.tail.lines(), time.monotonic() - t0)
                 kind = item[0]
                 if kind == "out":
                     if self.first_output_at is None:
@@ -391,9 +400,9 @@ class RayRunHandle(ThreadRunHandle):
                     sink.write(item[1])
                 elif kind == "placed":
                     self.placed_at = time.monotonic() - t0
+                    self.node_id = item[1]
                     self.node = ex.node_name(item[1], item[2])
                     self.slot = replace(self.slot, node=self.node, label=ex.slot_label(self.node, item[3]))
-                    where = f"node {self.node} ({self.slot.label}) stopped answering while the run was on it"
                     sink.write(f"autoresearch: placed by Ray on {self.slot.label} after {self.placed_at:.1f} s\n"
                                .encode())
                     cb.on_start(None, self.node)
@@ -410,6 +419,16 @@ class RayRunHandle(ThreadRunHandle):
                     return res
         finally:
             sink.close()
+
+    def _stopped(self, timed_out: bool, sink: _LogSink, duration: float) -> TrainResult:
+        if timed_out:  # the node enforces the timeout itself; this is the engine's backstop when it did not
+            return _crash(f"timed out after {self.spec.timeout:.0f} s (hard limit; the node did not end it)",
+                          sink.tail.lines(), duration, timed_out=True)
+        return _crash("cancelled", sink.tail.lines(), duration, cancelled=True)
+
+    def _sweep(self) -> None:
+        if self.node_id is not None:
+            self._executor.sweep_node(self.node_id, self.spec.exp_id, self._executor.log)
 
 
 class RayExecutor:
@@ -439,7 +458,7 @@ class RayExecutor:
         self.ws_root = Path(ws_root)
         self.ws_key = workspace_key(self.ws_root)
         self.cache = cache
-        self._log = log
+        self.log = log
         self._closed = False
         if ray.is_initialized():  # this process is connected already (another executor, a test): share it
             _CONNECTION["users"] += 1
@@ -481,6 +500,13 @@ class RayExecutor:
         self.summary = (f"Ray cluster at {self.address}: {alive} node(s), {have}; {count} slot(s) of {what} each")
         log(f"ray: {self.summary}")
 
+    @classmethod
+    def from_config(cls, ws_root: Path, cfg, log: Callable[[str], None] = print) -> "RayExecutor":
+        """The executor of `autoresearch loop --executor ray` (LoopConfig: ray_address, slots, and the optional
+        ray_resource, ray_cpus, ray_cache)."""
+        return cls(ws_root, address=cfg.ray_address, slots=cfg.slots, resource=getattr(cfg, "ray_resource", None),
+                   cpus_per_run=getattr(cfg, "ray_cpus", None), cache=getattr(cfg, "ray_cache", None), log=log)
+
     def _refresh_names(self) -> None:
         ray = import_ray()
         nodes = ray.nodes()
@@ -515,29 +541,46 @@ class RayExecutor:
         with this workspace's key, and removes the workspace's scratch folders there.
         """
         ray = import_ray()
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        refs = {}
-        for n in ray.nodes():
-            if not n.get("Alive"):
-                continue
-            strategy = NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-            ref = ray.remote(sweep).options(num_cpus=0, max_retries=0, scheduling_strategy=strategy,
-                                            name=f"autoresearch {self.ws_key} cleanup").remote(self.ws_key)
-            refs[ref] = self.node_name(n["NodeID"], n.get("NodeManagerHostname", "node"))
+        nodes = {n["NodeID"]: self.node_name(n["NodeID"], n.get("NodeManagerHostname", "node"))
+                 for n in ray.nodes() if n.get("Alive")}
+        refs = {self._sweep_task(node_id, None): node_id for node_id in nodes}
         ready, late = ray.wait(list(refs), num_returns=len(refs), timeout=CLEANUP_WAIT_S)
         for ref in ready:
-            try:
-                found = ray.get(ref)
-            except Exception as e:  # a node that died meanwhile has nothing left to clean
-                log(f"ray: cleanup on node {refs[ref]} failed: {type(e).__name__}")
-                continue
-            if found:
-                runs = ", ".join(sorted({f["run"] for f in found}))
-                log(f"ray: ended {len(found)} leftover process(es) of run(s) {runs} on node {refs[ref]}")
+            self._report_sweep(ref, nodes[refs[ref]], log)
         for ref in late:
             ray.cancel(ref, force=True)
-            log(f"ray: node {refs[ref]} did not answer the cleanup within {CLEANUP_WAIT_S:.0f} s")
+            log(f"ray: node {nodes[refs[ref]]} did not answer the cleanup within {CLEANUP_WAIT_S:.0f} s")
+
+    def sweep_node(self, node_id: str, exp_id: str, log: Callable[[str], None]) -> None:
+        """Kill what run exp_id left on its node (after its Ray worker was lost or killed), if the node lives."""
+        ray = import_ray()
+        if not any(n["NodeID"] == node_id and n.get("Alive") for n in ray.nodes()):
+            return
+        ref = self._sweep_task(node_id, exp_id)
+        ready, _ = ray.wait([ref], timeout=CLEANUP_WAIT_S)
+        if ready:
+            self._report_sweep(ref, self.node_name(node_id, "node"), log)
+        else:
+            ray.cancel(ref, force=True)
+
+    def _sweep_task(self, node_id: str, exp_id: str | None):
+        ray = import_ray()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        strategy = NodeAffinitySchedulingStrategy(node_id, soft=False)
+        return ray.remote(sweep).options(num_cpus=0, max_retries=0, scheduling_strategy=strategy,
+                                         name=f"autoresearch {self.ws_key} cleanup").remote(self.ws_key, exp_id)
+
+    @staticmethod
+    def _report_sweep(ref, node: str, log: Callable[[str], None]) -> None:
+        try:
+            found = import_ray().get(ref)
+        except Exception as e:  # a node that died meanwhile has nothing left to clean
+            log(f"ray: cleanup on node {node} failed: {type(e).__name__}")
+            return
+        if found:
+            runs = ", ".join(sorted({f["run"] for f in found}))
+            log(f"ray: ended {len(found)} leftover process(es) of run(s) {runs} on node {node}")
 
     def close(self) -> None:
         """Disconnect; the last executor of this process stops the connection (and a local instance) it made."""
