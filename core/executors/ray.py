@@ -446,11 +446,21 @@ class RayExecutor:
         slots: `--slots N`, a cap on the slots the cluster offers.
         resource: what one run reserves: "GPU" (num_gpus=1), "CPU" (cpus_per_run CPUs) or the name of a
           custom resource (1 unit); None: GPU when the cluster has GPUs, else CPU.
-        cpus_per_run: CPUs each run reserves besides its GPU/resource (default 1); on a CPU-only cluster also
-          the trainer's thread count (default: all CPUs of the smallest node, one run per node).
+        cpus_per_run: CPUs each run reserves besides its GPU/resource (default 1), and the trainer's CPU
+          threads; on a CPU-only cluster the default is all CPUs of the smallest node (one run per node).
         cache: a data cache folder valid on every node (shared storage); None: each node prepares its own.
+        resource, cpus_per_run and cache not given come from AUTORESEARCH_RAY_RESOURCE, AUTORESEARCH_RAY_CPUS
+        and AUTORESEARCH_RAY_CACHE when those are set.
         """
         ray = import_ray()
+        resource = resource or os.environ.get("AUTORESEARCH_RAY_RESOURCE") or None
+        cache = cache or os.environ.get("AUTORESEARCH_RAY_CACHE") or None
+        if cpus_per_run is None and os.environ.get("AUTORESEARCH_RAY_CPUS"):
+            try:
+                cpus_per_run = int(os.environ["AUTORESEARCH_RAY_CPUS"])
+            except ValueError:
+                raise UserError(f"AUTORESEARCH_RAY_CPUS={os.environ['AUTORESEARCH_RAY_CPUS']!r} is not a whole "
+                                "number of CPUs per run; set e.g. AUTORESEARCH_RAY_CPUS=4.") from None
         if slots is not None and slots < 1:
             raise UserError(f"--slots must be at least 1, not {slots}.")
         if cpus_per_run is not None and cpus_per_run < 1:
@@ -492,7 +502,8 @@ class RayExecutor:
         elif self.resource != "CPU":
             options["resources"] = {self.resource: 1}
         self.remote_run = ray.remote(**options)(node_run)
-        self.trainer_env = {v: str(self.cpus_per_run) for v in _THREAD_VARS} if self.resource == "CPU" else {}
+        # the trainer's CPU threads match what the run reserved (Ray would set OMP_NUM_THREADS alone)
+        self.trainer_env = {v: str(self.cpus_per_run) for v in _THREAD_VARS}
         what = "1 GPU" if self.resource == "GPU" else (f"{self.cpus_per_run} CPU" if self.resource == "CPU"
                                                       else f"1 {self.resource}")
         self._slots = [Slot(str(i), f"Ray {self.resource} slot {i + 1}/{count}") for i in range(count)]
