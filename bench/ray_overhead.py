@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import sys
@@ -111,7 +112,7 @@ def summary(values: list[float]) -> dict:
     values = sorted(values)
     if not values:
         return {}
-    return {"median": statistics.median(values), "p95": values[min(len(values) - 1, int(0.95 * len(values)))],
+    return {"median": statistics.median(values), "p95": values[max(0, math.ceil(0.95 * len(values)) - 1)],
             "max": values[-1], "n": len(values)}
 
 

@@ -263,29 +263,116 @@ def _loop_has_executor_option() -> bool:
 
 
 @pytest.mark.slow
-def test_the_loop_runs_on_the_cluster(cluster, tmp_path_factory, tmp_path):
+def test_the_loop_runs_on_the_cluster(cluster, tmp_path):
     if not _loop_has_executor_option():
         pytest.skip("`autoresearch loop --executor` is not in the CLI yet (it lands with the scheduler)")
-    from engine_fixtures import cli_env, git, tsv_rows
-    from prepare_helpers import prepared_cache
+    from engine_fixtures import cli_env, git, meta, tsv_rows
 
     from core.scaffold import create_workspace
 
     c, _ = cluster
-    cache = prepared_cache(tmp_path_factory)
     ws = create_workspace(tmp_path / "demo", profile="cpu", dataset="pystdlib", time_budget=5)
-    env = dict(cli_env(), AUTORESEARCH_CACHE=str(cache))
+    consts = ws.root / "constants.py"  # a smaller evaluation keeps the test short, committed like a person's change
+    consts.write_text(re.sub(r"^EVAL_TOKENS = .*$", "EVAL_TOKENS = 16384  # small for the test", consts.read_text(),
+                             flags=re.M))
+    git(ws.root, "commit", "-qam", "smaller evaluation")
+    # the data is prepared here (the engine checks it) in a cache the nodes share: their first runs find it
+    cache = os.environ["AUTORESEARCH_CACHE"]
+    subprocess.run([sys.executable, "prepare.py"], cwd=ws.root, check=True, capture_output=True, timeout=600)
+    env = dict(cli_env(), AUTORESEARCH_RAY_RESOURCE="fake_gpu", AUTORESEARCH_RAY_CACHE=cache)
     r = subprocess.run([sys.executable, "-m", "core.cli", "-C", str(ws.root), "loop", "--executor", "ray",
                         "--ray-address", c.address, "--slots", "2", "--max", "4", "--agent", "mutate"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     rows = tsv_rows(ws)
-    assert len(rows) == 4
+    assert len(rows) == 4, rows
     assert git(ws.root, "status", "--porcelain") == ""
-    nodes = set()
-    for d in sorted((ws.root / ".autoresearch" / "experiments").iterdir()):
-        meta = (d / "meta.json").read_text()
-        assert "node" in meta
-        nodes.add(__import__("json").loads(meta).get("node"))
-        assert (d / "train.log").stat().st_size > 0
-    assert len(nodes) == 2, nodes
+    kept = [r for r in rows if r[3] == "keep"]
+    assert kept and git(ws.root, "rev-parse", "HEAD").startswith(kept[-1][0])  # the branch at the best commit
+    ids = sorted(d.name for d in ws.experiments_dir.iterdir())
+    nodes = {meta(ws, i)["slot"]["node"] for i in ids}
+    assert len(nodes) == 2, nodes  # one fake_gpu per node: two runs at once are on both
+    for i in ids:
+        log = (ws.experiment_dir(i) / "train.log").read_text()
+        assert log.startswith("autoresearch: placed by Ray on "), log[:200]
+
+
+@pytest.mark.slow
+def test_a_node_lost_mid_run_is_one_crash_row_and_the_loop_goes_on(cluster, tmp_path):
+    if not _loop_has_executor_option():
+        pytest.skip("`autoresearch loop --executor` is not in the CLI yet (it lands with the scheduler)")
+    from engine_fixtures import cli_env, make_workspace, tsv_rows, wait_event, write_agent_files
+
+    c, _ = cluster
+    victims = [c.add_node(num_cpus=1, resources={"loop_gpu": 1}) for _ in range(2)]
+    c.wait_for_nodes()
+    ws = make_workspace(tmp_path / "ws")
+    # 0002 sleeps after its evaluation (its node is killed then); 0003 runs on the node that is left
+    agent_cmd = write_agent_files(tmp_path, [
+        {"quality": 0.9, "append": "\nimport time\ntime.sleep(60)\n", "desc": "slow run"},
+        {"quality": 0.8, "desc": "after the lost node"}])
+    env = dict(cli_env(), AUTORESEARCH_RAY_RESOURCE="loop_gpu")
+    engine = subprocess.Popen([sys.executable, "-m", "core.cli", "-C", str(ws.root), "loop", "--executor", "ray",
+                               "--ray-address", c.address, "--slots", "1", "--max", "3", "--agent", "command",
+                               "--agent-cmd", agent_cmd], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        started = wait_event(ws, "training_started", timeout=120, id="0002")
+        wait_for(lambda: b"val_bpb:" in (ws.experiment_dir("0002") / "train.log").read_bytes(), timeout=60,
+                 what="0002 to reach its sleep")
+        victim = next(v for v in victims if started["node"].endswith(v.node_id[:6]))
+        c.remove_node(victim, allow_graceful=False)
+        out, err = engine.communicate(timeout=300)
+    finally:
+        if engine.poll() is None:
+            engine.kill()
+    assert engine.returncode == 0, err[-3000:]
+    rows = tsv_rows(ws)
+    assert [r[3] for r in rows].count("crash") == 1, rows
+    assert len(rows) == 3
+    crash = next(r for r in rows if r[3] == "crash")
+    assert "node lost: node " in crash[4] and started["node"] in crash[4], crash
+    assert rows[-1][3] == "keep" and "after the lost node" in rows[-1][4], rows
+    for v in victims:
+        if v is not victim:
+            c.remove_node(v)
+
+
+@pytest.mark.slow
+def test_abort_from_the_cli_kills_the_remote_run(ex, cluster, tmp_path):
+    if not _loop_has_executor_option():
+        pytest.skip("`autoresearch loop --executor` is not in the CLI yet (it lands with the scheduler)")
+    from engine_fixtures import cli, cli_env, make_workspace, read_events, tsv_rows, wait_event, write_agent_files
+
+    c, _ = cluster
+    ws = make_workspace(tmp_path / "ws")
+    spawn = ("\nimport subprocess, sys, time\nc = subprocess.Popen([sys.executable, '-c', 'import time; "
+             "time.sleep(600)'])\nprint(f'grandchild pid {c.pid}', flush=True)\ntime.sleep(600)\n")
+    agent_cmd = write_agent_files(tmp_path, [{"quality": 0.9, "append": spawn, "desc": "runs forever"}])
+    env = dict(cli_env(), AUTORESEARCH_RAY_RESOURCE="fake_gpu")
+    engine = subprocess.Popen([sys.executable, "-m", "core.cli", "-C", str(ws.root), "loop", "--executor", "ray",
+                               "--ray-address", c.address, "--slots", "1", "--max", "2", "--agent", "command",
+                               "--agent-cmd", agent_cmd], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        wait_event(ws, "training_started", timeout=120, id="0002")
+        log = ws.experiment_dir("0002") / "train.log"
+        wait_for(lambda: re.search(rb"grandchild pid (\d+)", log.read_bytes()), timeout=60, what="the grandchild")
+        text = log.read_text()
+        pids = [int(re.search(rf"{w} pid (\d+)", text).group(1)) for w in ("training", "grandchild")]
+        assert all(pid_alive(p) for p in pids)
+        assert cli("-C", str(ws.root), "abort").returncode == 0
+        wait_for(lambda: any(e["type"] == "experiment_finished" and e.get("id") == "0002" for e in read_events(ws)),
+                 timeout=60, what="0002 to end")
+        assert all(dead(p) for p in pids)
+        try:  # --max 2 counts the aborted run; an engine that holds after the abort is stopped
+            out, err = engine.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            assert cli("-C", str(ws.root), "stop").returncode == 0
+            out, err = engine.communicate(timeout=120)
+    finally:
+        if engine.poll() is None:
+            engine.kill()
+    assert engine.returncode == 0, err[-3000:]
+    rows = tsv_rows(ws)
+    assert rows[-1][3] == "crash" and "aborted" in rows[-1][4], rows

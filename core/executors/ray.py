@@ -44,6 +44,7 @@ POLL_S = 0.2  # how often a waiting engine thread looks at cancel and the timeou
 CANCEL_WAIT_S = KILL_GRACE_S + 25.0  # a cancelled task that has not ended by then is killed with force
 NODE_SILENCE_S = 60.0  # beyond the run's own timeout: the node enforces it; this is the engine's backstop
 CLEANUP_WAIT_S = 60.0
+PLACE_NOTE_S = 10.0  # a run not placed by then says so in its log (no node has what it reserves)
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 _MAX_CHUNK = 1 << 20  # output bytes per streamed item
 
@@ -358,7 +359,7 @@ class RayRunHandle(ThreadRunHandle):
         cb.on_phase(phase)
         gen = ex.remote_run.options(name=f"autoresearch {ex.ws_key} {spec.exp_id}").remote(job)
         cancelled_at = forced_at = deadline = None
-        timed_out = False
+        timed_out = waiting_said = False
         try:
             while True:
                 now = time.monotonic()
@@ -374,6 +375,10 @@ class RayRunHandle(ThreadRunHandle):
                     return self._stopped(timed_out, sink, now - t0)
                 ready, _ = ray.wait([gen], timeout=POLL_S)
                 if not ready:
+                    if self.node is None and not waiting_said and time.monotonic() - t0 > PLACE_NOTE_S:
+                        waiting_said = True
+                        sink.write(f"autoresearch: waiting for Ray to place the run ({ex.reserves}); no node has "
+                                   "that free now: `ray status` shows the cluster\n".encode())
                     continue
                 try:
                     item = ray.get(next(gen))
@@ -405,6 +410,9 @@ class RayRunHandle(ThreadRunHandle):
                     self.slot = replace(self.slot, node=self.node, label=ex.slot_label(self.node, item[3]))
                     sink.write(f"autoresearch: placed by Ray on {self.slot.label} after {self.placed_at:.1f} s\n"
                                .encode())
+                    placed = getattr(cb, "on_placed", None)  # the slot's label with its node and GPU, if heard
+                    if placed is not None:
+                        placed(self.slot)
                     cb.on_start(None, self.node)
                 elif kind == "pid":
                     deadline = time.monotonic() + spec.timeout + NODE_SILENCE_S
@@ -504,8 +512,11 @@ class RayExecutor:
         self.remote_run = ray.remote(**options)(node_run)
         # the trainer's CPU threads match what the run reserved (Ray would set OMP_NUM_THREADS alone)
         self.trainer_env = {v: str(self.cpus_per_run) for v in _THREAD_VARS}
-        what = "1 GPU" if self.resource == "GPU" else (f"{self.cpus_per_run} CPU" if self.resource == "CPU"
-                                                      else f"1 {self.resource}")
+        if self.resource == "GPU":
+            what = "1 GPU"
+        else:
+            what = f"{self.cpus_per_run} CPU" if self.resource == "CPU" else f"1 {self.resource}"
+        self.reserves = what
         self._slots = [Slot(str(i), f"Ray {self.resource} slot {i + 1}/{count}") for i in range(count)]
         alive = sum(1 for n in ray.nodes() if n.get("Alive"))
         self.summary = (f"Ray cluster at {self.address}: {alive} node(s), {have}; {count} slot(s) of {what} each")
