@@ -85,7 +85,7 @@ ex = RayExecutor(root, address=address, resource=resource, log=lambda m: None)
 recs = {f"000{i + 1}": Recorder() for i in range(len(ex.slots()))}
 handles = [ex.start(slot, spec(root, exp, trainer(sleep=0.2, mode="spawn")), rec.callbacks())
            for slot, (exp, rec) in zip(ex.slots(), recs.items())]
-while any(rec.pid("grandchild") is None for rec in recs.values()):
+while any(rec.pid("grandchild") is None or rec.pid("training") is None for rec in recs.values()):
     time.sleep(0.05)
 for exp, rec in recs.items():
     print(exp, rec.pid("training"), rec.pid("grandchild"), flush=True)
