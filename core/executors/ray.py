@@ -186,7 +186,10 @@ def node_run(job: NodeJob) -> Iterator[tuple]:
     events: queue.Queue = queue.Queue()
     cancel = threading.Event()
     run_dir = _scratch(job.ws_key) / job.exp_id
-    metrics = run_dir.with_name(f"{job.exp_id}.metrics.json")
+    # run_training copies the trusted metrics here after the trainer ended; a private folder, so that the
+    # trainer cannot plant a file at a path it could guess
+    private = Path(tempfile.mkdtemp(prefix="autoresearch-metrics-copy-"))
+    metrics = private / "metrics.json"
     env = dict(job.env)
     env[RUN_MARK] = f"{job.ws_key}/{job.exp_id}"
     if job.cache:
@@ -215,7 +218,7 @@ def node_run(job: NodeJob) -> Iterator[tuple]:
             events.put(("result", _crash(f"executor error on node {node}: {type(e).__name__}: {e}", [],
                                          time.monotonic() - t0), None))
         finally:
-            metrics.unlink(missing_ok=True)
+            shutil.rmtree(private, ignore_errors=True)
 
     worker = threading.Thread(target=work, name=f"run-{job.exp_id}", daemon=True)
     worker.start()
