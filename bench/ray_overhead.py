@@ -163,14 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{out['machine']}, Python {out['python']}; {out['ray_cluster']}")
     print(f"{args.runs} runs per executor, interleaved; {args.duration:g} s of training, a line every "
           f"{args.interval * 1000:g} ms; {shipped / 1024:.0f} KiB of files shipped per run")
-    print(f"{'':14}{'local median':>14}{'ray median':>12}{'ray p95':>10}{'ray max':>10}")
-    for key, label in (("wall", "wall (s)"), ("trainer", "trainer (s)"), ("overhead", "overhead (s)"),
-                       ("start", "first line (s)")):
+    print(f"{'':15}{'local median':>13}{'p95':>8}{'max':>8}{'ray median':>12}{'p95':>8}{'max':>8}")
+    for key, label, scale in (("wall", "wall (s)", 1), ("trainer", "trainer (s)", 1), ("overhead", "overhead (s)", 1),
+                              ("start", "first line (s)", 1), ("log_delay", "log delay (ms)", 1000)):
         lo, ra = out["local"][key], out["ray"][key]
-        print(f"{label:14}{lo['median']:14.3f}{ra['median']:12.3f}{ra['p95']:10.3f}{ra['max']:10.3f}")
-    lo, ra = out["local"]["log_delay"], out["ray"]["log_delay"]
-    print(f"{'log delay (ms)':14}{lo['median'] * 1000:14.1f}{ra['median'] * 1000:12.1f}{ra['p95'] * 1000:10.1f}"
-          f"{ra['max'] * 1000:10.1f}   (local p95 {lo['p95'] * 1000:.1f}, max {lo['max'] * 1000:.1f})")
+        cells = [lo["median"], lo["p95"], lo["max"], ra["median"], ra["p95"], ra["max"]]
+        fmt = ".1f" if scale == 1000 else ".3f"
+        print(f"{label:15}" + "".join(f"{v * scale:{w}{fmt}}" for v, w in zip(cells, (13, 8, 8, 12, 8, 8))))
     print(f"ray placement (start() -> running on its node): median {out['ray']['placed']['median']:.3f} s")
     print(f"ray overhead per experiment beyond local: {out['overhead_ray_minus_local_s']:+.3f} s (median)")
     f = out["ray_first_run"]
