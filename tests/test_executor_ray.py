@@ -333,7 +333,8 @@ def test_the_loop_runs_on_the_cluster(cluster, tmp_path):
     subprocess.run([sys.executable, "prepare.py"], cwd=ws.root, check=True, capture_output=True, timeout=600)
     env = dict(cli_env(), AUTORESEARCH_RAY_RESOURCE="fake_gpu", AUTORESEARCH_RAY_CACHE=cache)
     r = subprocess.run([sys.executable, "-m", "core.cli", "-C", str(ws.root), "loop", "--executor", "ray",
-                        "--ray-address", c.address, "--slots", "2", "--max", "4", "--agent", "mutate"],
+                        "--ray-address", c.address, "--slots", "2", "--max", "4", "--agent", "mutate",
+                        "--decide", "plain"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     rows = tsv_rows(ws)
@@ -366,7 +367,7 @@ def test_a_node_lost_mid_run_is_one_crash_row_and_the_loop_goes_on(cluster, tmp_
     env = dict(cli_env(), AUTORESEARCH_RAY_RESOURCE="loop_gpu")
     engine = subprocess.Popen([sys.executable, "-m", "core.cli", "-C", str(ws.root), "loop", "--executor", "ray",
                                "--ray-address", c.address, "--slots", "1", "--max", "3", "--agent", "command",
-                               "--agent-cmd", agent_cmd], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               "--agent-cmd", agent_cmd, "--decide", "plain"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     try:
         started = wait_event(ws, "training_started", timeout=120, id="0002")
@@ -401,7 +402,7 @@ def test_abort_from_the_cli_kills_the_remote_run(ex, cluster, tmp_path):
     env = dict(cli_env(), AUTORESEARCH_RAY_RESOURCE="fake_gpu")
     engine = subprocess.Popen([sys.executable, "-m", "core.cli", "-C", str(ws.root), "loop", "--executor", "ray",
                                "--ray-address", c.address, "--slots", "1", "--max", "2", "--agent", "command",
-                               "--agent-cmd", agent_cmd], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               "--agent-cmd", agent_cmd, "--decide", "plain"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     try:
         wait_event(ws, "training_started", timeout=120, id="0002")
