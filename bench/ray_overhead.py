@@ -3,6 +3,7 @@
 Usage:
   uv run --extra ray python bench/ray_overhead.py                      # a local Ray instance on this machine
   uv run --extra ray python bench/ray_overhead.py --address head:6379  # a real cluster (its nodes train)
+  uv run --extra ray python bench/ray_overhead.py --address head:6379 --resource GPU  # one GPU per run
   options: --runs N (10 per executor), --duration S (2.0 s of training), --interval S (0.05 s between lines)
 
 Both executors run the same trainer (it prints a time-stamped line every --interval seconds, then reports its
@@ -122,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=2.0)
     p.add_argument("--interval", type=float, default=0.05)
     p.add_argument("--address", default=None, help="a Ray cluster (default: a local Ray instance)")
+    p.add_argument("--resource", default="CPU", help="what a Ray run reserves: CPU (default), GPU or a custom "
+                   "resource")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     from core.errors import UserError
@@ -134,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     shipped = sum(len(v.encode()) for v in files.values())
     local = LocalExecutor(root, [Slot("0", "CPU")])
     try:
-        rayx = RayExecutor(root, address=args.address or "local", resource="CPU", cpus_per_run=1,
+        rayx = RayExecutor(root, address=args.address or "local", resource=args.resource, cpus_per_run=1,
                            cache=str(root / "cache"), log=lambda m: print(m, file=sys.stderr))
     except UserError as e:
         print(f"ray_overhead: {e}", file=sys.stderr)
