@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--executor", default=None, help="where runs execute: local (default) or ray")
     lp.add_argument("--ray-address", default=None, help="the Ray cluster for --executor ray (default: what Ray "
                     "finds, e.g. RAY_ADDRESS)")
+    lp.add_argument("--ray-resource", default=None, help="what a Ray run reserves: GPU (default), CPU, or a custom "
+                    "resource name")
+    lp.add_argument("--ray-cpus", type=int, default=None, help="CPUs a Ray run reserves (its trainer's threads)")
+    lp.add_argument("--ray-cache", default=None, help="a data cache path valid on every Ray node (default: each node "
+                    "prepares its own)")
     lp.add_argument("--decide", default=None, help="noise (default once sigma is measured: keep only gains beyond "
                     "z*sigma) or plain (upstream's rule: any gain)")
     lp.add_argument("--z", type=float, default=None, help="the keep bar in units of sigma (default 2)")

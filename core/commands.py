@@ -55,7 +55,7 @@ def check_data(ws: Workspace) -> None:
                         "workspace first.")
 
 
-def _preflight(ws: Workspace):
+def _preflight(ws: Workspace, data_here: bool = True):
     from .ratchet import Ratchet
     from .recovery import check_head
 
@@ -71,7 +71,8 @@ def _preflight(ws: Workspace):
         pid = lock_holder_pid(ws)
         raise UserError(f"another engine is already running in this workspace{f' (pid {pid})' if pid else ''}; "
                         "watch it with `autoresearch status` or stop it with `autoresearch stop`.")
-    check_data(ws)
+    if data_here:  # with Ray the data lives on the nodes: each prepares its own cache on its first run
+        check_data(ws)
     return rat
 
 
@@ -80,7 +81,7 @@ def _preflight(ws: Workspace):
 def cmd_loop(ws: Workspace, args) -> int:
     """autoresearch loop [--tag T] [--agent A] [--max N] ... [--detach]: run the experiment loop."""
     cfg = config_mod.resolve(ws, args)
-    _preflight(ws)
+    _preflight(ws, data_here=cfg.executor != "ray")
     from .agents import make_agent
 
     agent = make_agent(cfg.agent, cfg.agent_config())

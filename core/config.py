@@ -14,7 +14,7 @@ from .workspace import Workspace, atomic_write_json
 # saved to config.json, so a later `autoresearch loop` (or `s` in the TUI) restarts with the same options
 SAVED = ("tag", "agent", "agent_cmd", "model", "min_delta", "simplify_tolerance", "timeout", "agent_timeout",
          "gpus", "slots", "lookahead", "agents", "executor", "ray_address", "decide", "z", "noise_runs", "confirm",
-         "early_stop", "max_cost")
+         "early_stop", "max_cost", "ray_resource", "ray_cpus", "ray_cache")
 EXECUTORS = ("local", "ray")
 DEFAULT_AGENT_TIMEOUT = 900.0
 _TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -44,6 +44,9 @@ class LoopConfig:
     agents: int | None = None  # cap on agent processes at once; None: slots + lookahead
     executor: str = "local"  # local | ray
     ray_address: str | None = None
+    ray_resource: str | None = None  # what a Ray run reserves: GPU (default where there are GPUs), CPU, or a custom one
+    ray_cpus: int | None = None  # CPUs a Ray run reserves (also its trainer's threads)
+    ray_cache: str | None = None  # a data cache path valid on every node (else each node prepares its own)
     decide: str = "auto"  # auto (noise once sigma is known, else plain) | noise | plain (upstream's rule)
     z: float = 2.0  # keep only a gain beyond z * sigma (and never less than min_delta)
     noise_runs: int | None = None  # extra runs of the baseline for sigma; None: the profile's default; 0: off
@@ -133,7 +136,8 @@ def resolve(ws: Workspace, args=None) -> LoopConfig:
                     "agent_timeout": "agent_timeout", "gpus": "gpus", "slots": "slots", "lookahead": "lookahead",
                     "agents": "agents", "executor": "executor", "ray_address": "ray_address", "decide": "decide",
                     "z": "z", "noise_runs": "noise_runs", "confirm": "confirm", "early_stop": "early_stop",
-                    "max_cost": "max_cost"}
+                    "max_cost": "max_cost", "ray_resource": "ray_resource", "ray_cpus": "ray_cpus",
+                    "ray_cache": "ray_cache"}
         for flag, attr in flag_map.items():
             v = getattr(args, flag, None)
             if v is not None:

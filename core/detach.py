@@ -34,7 +34,8 @@ def engine_argv(ws: Workspace, cfg: LoopConfig) -> list[str]:
              "--z", repr(cfg.z), "--confirm", cfg.confirm, "--early-stop", "on" if cfg.early_stop else "off"]
     for flag, value in (("--gpus", cfg.gpus), ("--slots", cfg.slots), ("--agents", cfg.agents),
                         ("--ray-address", cfg.ray_address), ("--noise-runs", cfg.noise_runs),
-                        ("--max-cost", cfg.max_cost)):
+                        ("--max-cost", cfg.max_cost), ("--ray-resource", cfg.ray_resource),
+                        ("--ray-cpus", cfg.ray_cpus), ("--ray-cache", cfg.ray_cache)):
         if value is not None:
             argv += [flag, str(value)]
     return argv

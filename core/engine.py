@@ -95,6 +95,7 @@ class Exp:
     rebases: int = 0
     thread: threading.Thread | None = None
     early_stop: Verdict | None = None  # set when the early-stop monitor stopped this run
+    placed: Slot | None = None  # the slot as the executor placed the run (Ray: node and GPU)
 
     @property
     def id(self) -> str:
@@ -378,8 +379,9 @@ class Engine:
             if e is None:
                 out.append(SlotRun(s.id, label=s.label, gpu=s.gpu, node=s.node))
             else:
-                node = (e.meta.slot or {}).get("node") or s.node
-                out.append(SlotRun(s.id, label=s.label, gpu=s.gpu, node=node, phase=e.phase, experiment=e.id,
+                p = e.placed or s
+                node = (e.meta.slot or {}).get("node") or p.node
+                out.append(SlotRun(s.id, label=p.label, gpu=p.gpu, node=node, phase=e.phase, experiment=e.id,
                                    commit=e.meta.commit, description=e.meta.description or "",
                                    confirms=e.meta.confirms, started_at=e.meta.started_at,
                                    training_started_at=e.meta.training_started_at,
@@ -651,11 +653,18 @@ class Engine:
         self.running[slot.id] = e
         monitor = self._monitor(e)
         callbacks = RunCallbacks(on_start=lambda child, node, e=e: self._run_started(e, child, node),
+                                 on_placed=lambda placed, e=e: self._run_placed(e, placed),
                                  on_phase=lambda phase, e=e: self._run_phase(e, phase),
                                  on_output=(lambda data, e=e, mon=monitor: self._watch_output(e, mon, data))
                                  if monitor else None)
         e.handle = self.executor.start(slot, spec, callbacks)
         self._publish()
+
+    def _run_placed(self, e: Exp, placed: Slot) -> None:
+        """Where the executor put the run (a Ray node and its GPU): the slot as engine.json and meta.json show it."""
+        e.placed = placed
+        e.meta.slot = {"id": placed.id, "label": placed.label, "gpu": placed.gpu, "node": placed.node}
+        self.state.update(slots=self._slot_status())
 
     def _run_started(self, e: Exp, child: ProcessId | None, node: str | None) -> None:
         # the child is in engine.json before anyone hears that training started (recovery relies on it)

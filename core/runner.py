@@ -70,6 +70,43 @@ class LineTail:
 
 # --- one subprocess -----------------------------------------------------------------------------
 
+class LogSink:
+    """A run's output into its log files (truncated first, cut at LOG_CAP_BYTES: a runaway print loop must not
+    fill the disk before the timeout) and to an echo callback; a sink that fails (a full disk, `autoresearch
+    run | head`) is dropped and the run goes on. `tail` keeps the last lines for the crash report."""
+
+    def __init__(self, paths, on_output: Callable[[bytes], None] | None = None):
+        self.tail = LineTail()
+        self._echo = on_output
+        self._written = 0
+        self._files = []
+        for path in paths:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self._files.append(open(path, "wb", buffering=0))
+
+    def write(self, data: bytes) -> None:
+        self.tail.feed(data)
+        if self._written < LOG_CAP_BYTES:
+            chunk = data[:LOG_CAP_BYTES - self._written]
+            self._written += len(chunk)
+            if self._written >= LOG_CAP_BYTES:
+                chunk += f"\n[autoresearch: log cut at {LOG_CAP_BYTES >> 20} MiB]\n".encode()
+            for f in list(self._files):
+                try:
+                    f.write(chunk)
+                except OSError:
+                    self._files.remove(f)
+                    f.close()
+        if self._echo is not None:
+            try:
+                self._echo(data)
+            except Exception:
+                self._echo = None
+
+    def close(self) -> None:
+        for f in self._files:
+            f.close()
+
 @dataclass
 class RunResult:
     returncode: int | None
@@ -92,36 +129,8 @@ def run(argv: list[str], *, cwd: Path | str, env: dict[str, str] | None, logs: l
     killed too (a stray data-loader process must not keep holding the GPU).
     """
     t0 = time.monotonic()
-    tail = LineTail()
-    files = []
-    for path in logs:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        files.append(open(path, "wb", buffering=0))
-
-    echo = on_output
-    written = 0
-
-    def emit(data: bytes) -> None:
-        nonlocal echo, written
-        # a sink that fails (a full disk, `autoresearch run | head`) is dropped; the run itself goes on
-        tail.feed(data)
-        if written < LOG_CAP_BYTES:
-            chunk = data[:LOG_CAP_BYTES - written]
-            written += len(chunk)
-            if written >= LOG_CAP_BYTES:  # a runaway print loop must not fill the disk before the timeout
-                chunk += f"\n[autoresearch: log cut at {LOG_CAP_BYTES >> 20} MiB]\n".encode()
-            for f in list(files):
-                try:
-                    f.write(chunk)
-                except OSError:
-                    files.remove(f)
-                    f.close()
-        if echo is not None:
-            try:
-                echo(data)
-            except Exception:
-                echo = None
-
+    sink = LogSink(logs, on_output)
+    tail, emit = sink.tail, sink.write
     try:
         try:
             proc = subprocess.Popen(argv, cwd=str(cwd), env=env, stdin=subprocess.DEVNULL,
@@ -139,8 +148,7 @@ def run(argv: list[str], *, cwd: Path | str, env: dict[str, str] | None, logs: l
             kill_group(pgid, proc, grace=1.0)
             raise
     finally:
-        for f in files:
-            f.close()
+        sink.close()
 
 
 def _follow(proc: subprocess.Popen, pgid: int, emit: Callable[[bytes], None], tail: LineTail, t0: float,

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import UserError
 
-
-def make_executor(ws_root: Path, cfg, trainer_argv: list[str] | None = None):
-    """The executor `autoresearch loop` asked for (LoopConfig: executor, gpus, slots, ray_address)."""
+def make_executor(ws_root: Path, cfg, trainer_argv: list[str] | None = None, log=print):
+    """The executor `autoresearch loop` asked for (LoopConfig: executor, gpus, slots, ray_*)."""
     if cfg.executor == "ray":
-        try:
-            from .ray import RayExecutor
-        except ImportError as e:
-            if "ray" in str(e).lower():
-                raise UserError("--executor ray needs the ray extra; install it with `uv sync --extra ray`, then "
-                                "start the loop again.") from None
-            raise
-        return RayExecutor.from_config(ws_root, cfg)
+        from .ray import RayExecutor  # imports ray only when used: without the extra, one sentence says how to add it
+
+        return RayExecutor.from_config(ws_root, cfg, log=log)
     from ..hardware import nvml_gpus
     from .local import LocalExecutor, plan_slots
 

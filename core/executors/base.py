@@ -47,6 +47,7 @@ class RunCallbacks:
     """What an executor reports while a run goes on (any thread; each must return quickly)."""
 
     on_start: Callable[[ProcessId | None, str | None], None] = lambda child, node: None  # process (local) / node
+    on_placed: Callable[[Slot], None] | None = None  # the slot as placed (Ray: its node and GPU), before on_start
     on_phase: Callable[[str], None] = lambda phase: None  # starting | training | evaluating
     on_output: Callable[[bytes], None] | None = None  # the raw output, as it reaches the logs
 

@@ -29,7 +29,7 @@ from typing import Callable, Iterator
 from .. import pyconst
 from ..errors import UserError
 from ..procs import KILL_GRACE_S, kill_group
-from ..runner import LOG_CAP_BYTES, LineTail
+from ..runner import LogSink
 from ..runner import run as run_command
 from ..training import TrainResult, run_training, trainer_env
 from ..workspace import atomic_write_text
@@ -286,42 +286,6 @@ def sweep(ws_key: str, exp_id: str | None = None) -> list[dict]:
 
 # --- on the engine's machine -----------------------------------------------------------------------------
 
-class _LogSink:
-    """A remote run's output into its logs on this machine: truncated first, cut like core.runner's."""
-
-    def __init__(self, paths: tuple[Path, ...], on_output: Callable[[bytes], None] | None):
-        self.tail = LineTail()
-        self._echo = on_output
-        self._written = 0
-        self._files = []
-        for path in paths:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self._files.append(open(path, "wb", buffering=0))
-
-    def write(self, data: bytes) -> None:
-        self.tail.feed(data)
-        if self._written < LOG_CAP_BYTES:
-            chunk = data[:LOG_CAP_BYTES - self._written]
-            self._written += len(chunk)
-            if self._written >= LOG_CAP_BYTES:
-                chunk += f"\n[autoresearch: log cut at {LOG_CAP_BYTES >> 20} MiB]\n".encode()
-            for f in list(self._files):
-                try:
-                    f.write(chunk)
-                except OSError:  # a full disk drops the sink, the run goes on
-                    self._files.remove(f)
-                    f.close()
-        if self._echo is not None:
-            try:
-                self._echo(data)
-            except Exception:
-                self._echo = None
-
-    def close(self) -> None:
-        for f in self._files:
-            f.close()
-
-
 def _lost(e: BaseException, node: str | None, label: str) -> str:
     """The crash reason of a run that Ray lost (its node died, its worker crashed, its objects are gone)."""
     from ray.exceptions import NodeDiedError
@@ -352,7 +316,7 @@ class RayRunHandle(ThreadRunHandle):
 
         ex, spec, cb = self._executor, self.spec, self._callbacks
         t0 = time.monotonic()
-        sink = _LogSink(spec.logs, cb.on_output)
+        sink = LogSink(spec.logs, cb.on_output)
         env = dict(spec.env)
         if spec.seed is not None:
             env["AUTORESEARCH_SEED"] = str(spec.seed)
@@ -431,7 +395,7 @@ class RayRunHandle(ThreadRunHandle):
         finally:
             sink.close()
 
-    def _stopped(self, timed_out: bool, sink: _LogSink, duration: float) -> TrainResult:
+    def _stopped(self, timed_out: bool, sink: LogSink, duration: float) -> TrainResult:
         if timed_out:  # the node enforces the timeout itself; this is the engine's backstop when it did not
             return _crash(f"timed out after {self.spec.timeout:.0f} s (hard limit; the node did not end it)",
                           sink.tail.lines(), duration, timed_out=True)
