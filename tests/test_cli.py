@@ -178,7 +178,7 @@ def test_loop_saves_options_and_a_plain_loop_reuses_them(ws, tmp_path):
                      "simplify_tolerance": 0.0005, "timeout": 30.0, "agent_timeout": 900.0, "gpus": None,
                      "slots": None, "lookahead": 1, "agents": None, "executor": "local", "ray_address": None,
                      "decide": "plain", "z": 2.0, "noise_runs": None, "confirm": "wins", "early_stop": True,
-                     "max_cost": None}
+                     "max_cost": None, "ray_resource": None, "ray_cpus": None, "ray_cache": None}
     r = cli("-C", str(ws.root), "loop", "--max", "1")
     assert r.returncode == 0, r.stderr
     assert meta(ws, "0002")["description"] == "a" and meta(ws, "0002")["tag"] == "t"

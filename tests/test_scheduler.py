@@ -233,11 +233,13 @@ def test_kill_9_with_two_runs_and_a_proposal_in_flight(tmp_path):
     try:
         wait_event(ws, "training_started", id="0002", timeout=60)
         wait_event(ws, "training_started", id="0003", timeout=60)
-        wait_for(lambda: (ws.state_dir / "worktrees" / "0004").exists(), what="the proposal's worktree")
-        st = json.loads(ws.engine_json.read_text())
-        children = [s["child"]["pid"] for s in st["slots"]] + [q["child"]["pid"] for q in st["proposals"]
-                                                                if q["child"]]
-        assert len(children) == 3 and all(pid_alive(c) for c in children)
+        def children_named():
+            st = json.loads(ws.engine_json.read_text())
+            pids = [s["child"]["pid"] for s in st["slots"] if s["child"]] + [
+                q["child"]["pid"] for q in st["proposals"] if q["child"]]
+            return pids if len(pids) == 3 else None
+        children = wait_for(children_named, what="two trainers and an agent named in engine.json")
+        assert all(pid_alive(c) for c in children)
     finally:
         p.send_signal(signal.SIGKILL)
         p.wait(10)
