@@ -1,4 +1,4 @@
-"""Nothing a run starts outlives it: the run marker, the engine as child subreaper, finding and killing leftovers.
+"""Nothing a run starts outlives it, and no secret sits where it can read: run markers, subreapers, leftovers.
 
 Three lines of defence, from the strongest:
 1. every run executes below its own launcher (core/sandbox.py), a child subreaper outside the sandbox that
@@ -16,7 +16,10 @@ Linux with Landlock the trainer cannot kill its launcher, so 1 holds.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -26,6 +29,9 @@ from . import sandbox
 from .procs import KILL_GRACE_S, kill_processes
 
 RUN_ENV = "AUTORESEARCH_RUN"
+SECRETS_FD_ENV = "AUTORESEARCH_SECRETS_FD"
+SECRET_NAME = re.compile(r"API_KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVATE_KEY|ACCESS_KEY|AUTH",
+                         re.IGNORECASE)
 
 
 def workspace_key(ws_root: str | os.PathLike) -> str:
@@ -116,3 +122,37 @@ def kill_orphans(ws_root: str | os.PathLike, log: Callable[[str], None] | None =
     if log:
         log(f"autoresearch: stopped {n} process{'es' if n != 1 else ''} left running by an interrupted run.")
     return n
+
+
+def reexec_without_secrets() -> bool:
+    """Call first thing in the engine's process (before any thread starts): if its exec-time environment holds
+    secrets (variables named like API keys and tokens), re-exec the same command with them moved out of the
+    environment into an anonymous memory file, then put them back into os.environ.
+
+    The kernel shows a process's exec-time environment in /proc/<pid>/environ to every process of the same
+    user (root: to all); os.environ changes after exec do not appear there. So after this, a trainer that
+    finds the engine's pid reads no key from it, while the agents the engine starts still get their keys.
+    Returns True in the re-exec'ed process when secrets were restored; False when there was nothing to do
+    (or no memfd: not Linux).
+    """
+    fd = os.environ.pop(SECRETS_FD_ENV, None)
+    if fd is not None:
+        try:
+            with os.fdopen(int(fd), "rb") as f:
+                os.environ.update(json.loads(f.read() or b"{}"))
+        except (OSError, ValueError):
+            return False
+        return True
+    secrets = {k: v for k, v in os.environ.items() if SECRET_NAME.search(k)}
+    if not secrets or not hasattr(os, "memfd_create"):
+        return False
+    mfd = os.memfd_create("autoresearch-secrets", 0)  # no path; inheritable only through this exec
+    os.write(mfd, json.dumps(secrets).encode())
+    os.lseek(mfd, 0, os.SEEK_SET)
+    os.set_inheritable(mfd, True)
+    env = {k: v for k, v in os.environ.items() if k not in secrets}
+    env[SECRETS_FD_ENV] = str(mfd)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+    return False  # not reached

@@ -131,8 +131,7 @@ def parse_metrics(text: str | None, expected: dict | None = None) -> tuple[dict,
 
 # --- the trainer's environment ------------------------------------------------------------------
 
-SECRET_NAME = re.compile(r"API_KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVATE_KEY|ACCESS_KEY|AUTH",
-                         re.IGNORECASE)
+SECRET_NAME = containment.SECRET_NAME
 # what a trainer needs from the engine's environment; everything else (keys, tokens, SSH agents, cloud
 # profiles, the person's shell settings) stays out
 ENV_ALLOWED = frozenset({"PATH", "LANG", "LANGUAGE", "TZ", "TERM", "USER", "LOGNAME", "LD_LIBRARY_PATH",
@@ -570,12 +569,25 @@ def _trainer_verdict(res, watch: _Handover, tampered: list[str], limit: float, b
         return f"the trainer could not be started in its sandbox ({said.strip() or 'launcher exit 126'})"
     if not watch.taken:
         if res.returncode not in (0, None):
-            return f"train.py exited with code {res.returncode}"
+            return f"train.py exited with code {res.returncode}" + _denied(res.tail)
         return ("no metrics: train.py ended without handing over its model (call prepare.hand_over(model, x) "
                 "when training is done)")
     if res.returncode not in (0, None) and not watch.kept_running:
         return f"train.py exited with code {res.returncode} after handing over its model"
     return None
+
+
+_DENIED = re.compile(r"PermissionError: \[Errno 13\] Permission denied: '([^']+)'")
+
+
+def _denied(tail: list[str]) -> str:
+    """The file the sandbox refused, when that is what ended the run (the log has the traceback)."""
+    for line in reversed(tail):
+        m = _DENIED.search(line)
+        if m:
+            return f" (denied access to {m.group(1)[:200]}: train.py may read only its run folder, the training " \
+                   "split and the tokenizer)"
+    return ""
 
 
 def _evaluate(eval_dir: Path, base: dict, level: Integrity, data: Path, logs: list[Path], on_output, started,
