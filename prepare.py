@@ -136,7 +136,15 @@ def split_files(split: str, dataset: Source | str | None = None) -> list[Path]:
     if split not in ("train", "val"):
         raise PrepareError(f"unknown split {split!r}: use 'train' or 'val'")
     src = dataset if isinstance(dataset, Source) else resolve_dataset(dataset)
-    files = sorted((dataset_dir(src) / split).glob("*.parquet"))
+    folder = dataset_dir(src) / split
+    try:
+        os.listdir(folder)
+    except PermissionError:
+        raise PrepareError(f"the {split} split in {folder} may not be read here: train.py reads only the training "
+                           f"split and the tokenizer (the validation data is the evaluator's)") from None
+    except OSError:
+        pass
+    files = sorted(folder.glob("*.parquet"))
     if not files:
         raise PrepareError(f"no {split} data for dataset {src.name!r} in {dataset_dir(src) / split}: run "
                            f"`uv run autoresearch setup ...` or `python prepare.py --dataset {src.name}`")

@@ -132,8 +132,7 @@ def reexec_without_secrets() -> bool:
     The kernel shows a process's exec-time environment in /proc/<pid>/environ to every process of the same
     user (root: to all); os.environ changes after exec do not appear there. So after this, a trainer that
     finds the engine's pid reads no key from it, while the agents the engine starts still get their keys.
-    Returns True in the re-exec'ed process when secrets were restored; False when there was nothing to do
-    (or no memfd: not Linux).
+    Returns True in the re-exec'ed process when secrets were restored; False when there was nothing to do.
     """
     fd = os.environ.pop(SECRETS_FD_ENV, None)
     if fd is not None:
@@ -144,14 +143,20 @@ def reexec_without_secrets() -> bool:
             return False
         return True
     secrets = {k: v for k, v in os.environ.items() if SECRET_NAME.search(k)}
-    if not secrets or not hasattr(os, "memfd_create"):
+    payload = json.dumps(secrets).encode()
+    if not secrets or len(payload) > 16384:  # a pipe holds 16 KiB everywhere without a reader
         return False
-    mfd = os.memfd_create("autoresearch-secrets", 0)  # no path; inheritable only through this exec
-    os.write(mfd, json.dumps(secrets).encode())
-    os.lseek(mfd, 0, os.SEEK_SET)
-    os.set_inheritable(mfd, True)
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("autoresearch-secrets", 0)  # no path; inherited only through this exec
+        os.write(fd, payload)
+        os.lseek(fd, 0, os.SEEK_SET)
+    else:  # macOS: a pipe, written whole before the exec
+        fd, w = os.pipe()
+        os.write(w, payload)
+        os.close(w)
+    os.set_inheritable(fd, True)
     env = {k: v for k, v in os.environ.items() if k not in secrets}
-    env[SECRETS_FD_ENV] = str(mfd)
+    env[SECRETS_FD_ENV] = str(fd)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)

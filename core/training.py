@@ -581,12 +581,14 @@ _DENIED = re.compile(r"PermissionError: \[Errno 13\] Permission denied: '([^']+)
 
 
 def _denied(tail: list[str]) -> str:
-    """The file the sandbox refused, when that is what ended the run (the log has the traceback)."""
-    for line in reversed(tail):
+    """What ended the run, when the sandbox refused a file or prepare.py said why (the log has the traceback)."""
+    for line in reversed(tail[-5:]):
         m = _DENIED.search(line)
         if m:
             return f" (denied access to {m.group(1)[:200]}: train.py may read only its run folder, the training " \
                    "split and the tokenizer)"
+        if line.startswith("prepare.PrepareError: "):
+            return f" ({line[len('prepare.PrepareError: '):][:300]})"
     return ""
 
 

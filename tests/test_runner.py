@@ -6,7 +6,6 @@ import json
 import sys
 import threading
 import time
-from pathlib import Path
 
 from engine_fixtures import FAKE_PREPARE, FAKE_TRAIN, wait_for
 
