@@ -525,7 +525,7 @@ def run_training(files: dict[str, str], run_dir: Path, *, logs: list[Path], metr
         trusted = dict(metrics)
         metrics = {**report, **trusted}
         metrics.setdefault("peak_vram_mb", trusted.get("eval_peak_mb", 0.0))
-        metrics["trainer_reported"] = sorted(k for k in report if k not in trusted)
+        metrics["trainer_reported"] = sorted(k for k in report if k not in trusted and k != "total_seconds")
     metrics.update(integrity=str(level), integrity_level=level.level, **timings,
                    total_seconds=round(time.monotonic() - t_begin, 1))
     if watch.sha256:
