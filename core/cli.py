@@ -4,9 +4,9 @@ Usage:
   autoresearch check                                  hardware/CUDA/torch/uv report (JSON)
   autoresearch setup --profile P --dataset D [--seq-len N] [--num-shards N]
   autoresearch run                                    one experiment of the current train.py
-  autoresearch loop [--tag T] [--agent A] [--max N] [--min-delta X] [--timeout S] [--detach]
+  autoresearch loop [--tag T] [--agent A] [--max N] [--gpus 0,1|all] [--slots N] [--lookahead K] [--detach]
   autoresearch status [--json]
-  autoresearch pause | resume | abort | stop
+  autoresearch pause | resume | abort [--id NNNN] | stop
   autoresearch idea "TEXT"
   autoresearch results [--kept-only] [--json]
   autoresearch plot [-o FILE]
@@ -60,15 +60,28 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--timeout", type=float, default=None,
                     help="hard trainer timeout in seconds (default 2 x TIME_BUDGET + grace)")
     lp.add_argument("--agent-timeout", type=float, default=None, help="agent timeout in seconds (default 900)")
+    lp.add_argument("--gpus", default=None, help="one slot per listed GPU, e.g. 0,1,3 or all (the trainer sees only "
+                    "its GPU)")
+    lp.add_argument("--slots", type=int, default=None, help="run N trainers side by side (CPU: the cores are shared "
+                    "out; Ray: at most N of the cluster's slots)")
+    lp.add_argument("--lookahead", type=int, default=None, help="proposals made ahead beyond the number of slots "
+                    "(default 1; 0: strictly one after the other)")
+    lp.add_argument("--agents", type=int, default=None, help="at most N agent processes at once (LLM cost)")
+    lp.add_argument("--executor", default=None, help="where runs execute: local (default) or ray")
+    lp.add_argument("--ray-address", default=None, help="the Ray cluster for --executor ray (default: what Ray "
+                    "finds, e.g. RAY_ADDRESS)")
     lp.add_argument("--detach", action="store_true", help="run in the background, detached from this terminal")
 
     st = sub.add_parser("status", help="engine status")
     st.add_argument("--json", action="store_true")
 
-    for name, help_ in (("pause", "finish the current step, then hold"), ("resume", "continue after pause"),
-                        ("abort", "kill the running experiment now, revert, record it, then hold"),
-                        ("stop", "finish the current experiment and exit")):
-        sub.add_parser(name, help=help_)
+    for name, help_ in (("pause", "start nothing new; running runs finish, then hold"),
+                        ("resume", "continue after pause"),
+                        ("abort", "kill the running experiments now, record them, then hold (--id: one of them)"),
+                        ("stop", "finish the running experiments and exit")):
+        c = sub.add_parser(name, help=help_)
+        if name == "abort":
+            c.add_argument("--id", default=None, help="abort only experiment NNNN; the others go on")
 
     i = sub.add_parser("idea", help="queue an idea for the agent's next proposal")
     i.add_argument("text", nargs="+")

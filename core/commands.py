@@ -79,14 +79,18 @@ def cmd_loop(ws: Workspace, args) -> int:
     from .agents import make_agent
 
     agent = make_agent(cfg.agent, cfg.agent_config())
+    from .executors import make_executor
+
+    executor = make_executor(ws.root, cfg)  # checks --gpus/--slots/--executor before anything is saved
     config_mod.save(ws, cfg)
     if getattr(args, "detach", False):
         from .detach import start_detached
         if getattr(agent, "notice", None):
             print(f"autoresearch: {agent.notice}.", file=sys.stderr)
+        executor.close()
         return start_detached(ws, cfg)
     from .engine import Engine
-    return Engine(ws, cfg, agent=agent).run()
+    return Engine(ws, cfg, agent=agent, executor=executor).run()
 
 
 def cmd_run(ws: Workspace, args) -> int:
@@ -209,8 +213,24 @@ def cmd_resume(ws: Workspace, args) -> int:
 
 
 def cmd_abort(ws: Workspace, args) -> int:
-    return _send(ws, "abort", "abort requested: the running experiment is killed, reverted and recorded as a "
-                              "crash; the engine then holds (resume with `autoresearch resume`).")
+    exp_id = getattr(args, "id", None)
+    if exp_id is None:
+        return _send(ws, "abort", "abort requested: the running experiments are killed and recorded as crashes; "
+                                  "the engine then holds (resume with `autoresearch resume`).")
+    exp_id = exp_id.strip()
+    if not exp_id.isdigit():
+        raise UserError(f"--id {exp_id!r} is not an experiment id; give its number, e.g. --id 0007.")
+    exp_id = exp_id.zfill(4)
+    st = running_engine(ws)
+    if st is None:
+        raise UserError(f"no engine is running in {ws.root}; start one with `autoresearch loop`.")
+    live = {s.experiment for s in st.slots if s.experiment} | {p.id for p in st.proposals}
+    if exp_id not in live:
+        shown = ", ".join(sorted(live)) or "none"
+        raise UserError(f"experiment {exp_id} is not in flight (in flight: {shown}); see `autoresearch status`.")
+    control.send(ws, "abort", exp_id=exp_id)
+    print(f"abort of {exp_id} requested: it is killed and recorded as a crash; the other runs go on.")
+    return 0
 
 
 def cmd_stop(ws: Workspace, args) -> int:

@@ -6,13 +6,15 @@ import json
 import math
 import re
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 from .errors import UserError
 from .workspace import Workspace, atomic_write_json
 
 # saved to config.json, so a later `autoresearch loop` (or `s` in the TUI) restarts with the same options
-SAVED = ("tag", "agent", "agent_cmd", "model", "min_delta", "simplify_tolerance", "timeout", "agent_timeout")
+SAVED = ("tag", "agent", "agent_cmd", "model", "min_delta", "simplify_tolerance", "timeout", "agent_timeout",
+         "gpus", "slots", "lookahead", "agents", "executor", "ray_address")
+EXECUTORS = ("local", "ray")
 DEFAULT_AGENT_TIMEOUT = 900.0
 _TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
@@ -35,6 +37,12 @@ class LoopConfig:
     simplify_tolerance: float = 0.0005
     timeout: float | None = None  # trainer hard timeout; None: 2 x TIME_BUDGET + grace
     agent_timeout: float = DEFAULT_AGENT_TIMEOUT
+    gpus: str | None = None  # "0,1,3" or "all": one slot per GPU
+    slots: int | None = None  # CPU slots (or the cap on a Ray cluster's slots); None: one slot
+    lookahead: int = 1  # proposals made ahead beyond the number of slots (0: strictly sequential)
+    agents: int | None = None  # cap on agent processes at once; None: slots + lookahead
+    executor: str = "local"  # local | ray
+    ray_address: str | None = None
 
     def agent_config(self) -> dict:
         """What core.agents.make_agent gets."""
@@ -56,6 +64,14 @@ class LoopConfig:
             if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)
                                   or not math.isfinite(v) or v <= 0):
                 raise UserError(f"--{name.replace('_', '-')} must be a number of seconds > 0, not {v!r}.")
+        if not isinstance(self.lookahead, int) or isinstance(self.lookahead, bool) or self.lookahead < 0:
+            raise UserError(f"--lookahead must be a whole number >= 0, not {self.lookahead!r}.")
+        for name in ("slots", "agents"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise UserError(f"--{name} must be a whole number >= 1, not {v!r}.")
+        if self.executor not in EXECUTORS:
+            raise UserError(f"unknown executor {self.executor!r}; choose one of {', '.join(EXECUTORS)}.")
         if self.max_experiments is not None and self.max_experiments < 1:
             raise UserError(f"--max must be at least 1, not {self.max_experiments}.")
         if not isinstance(self.agent, str) or not self.agent:
@@ -94,11 +110,18 @@ def resolve(ws: Workspace, args=None) -> LoopConfig:
         flag_map = {"tag": "tag", "agent": "agent", "agent_cmd": "agent_cmd", "model": "model",
                     "max": "max_experiments", "min_delta": "min_delta",
                     "simplify_tolerance": "simplify_tolerance", "timeout": "timeout",
-                    "agent_timeout": "agent_timeout"}
+                    "agent_timeout": "agent_timeout", "gpus": "gpus", "slots": "slots", "lookahead": "lookahead",
+                    "agents": "agents", "executor": "executor", "ray_address": "ray_address"}
         for flag, attr in flag_map.items():
             v = getattr(args, flag, None)
             if v is not None:
                 setattr(cfg, attr, v)
+        # --gpus and --slots say the same thing two ways: the one given now replaces a saved other
+        if getattr(args, "slots", None) is not None and getattr(args, "gpus", None) is None \
+                and cfg.executor == "local":
+            cfg.gpus = None
+        if getattr(args, "gpus", None) is not None and getattr(args, "slots", None) is None:
+            cfg.slots = None
     for name in ("min_delta", "simplify_tolerance", "timeout", "agent_timeout"):
         v = getattr(cfg, name)
         if isinstance(v, int) and not isinstance(v, bool):
@@ -110,7 +133,3 @@ def resolve(ws: Workspace, args=None) -> LoopConfig:
 
 def save(ws: Workspace, cfg: LoopConfig) -> None:
     atomic_write_json(ws.config_json, cfg.saved())
-
-
-def as_dict(cfg: LoopConfig) -> dict:
-    return asdict(cfg)

@@ -19,29 +19,40 @@ def _private_dir(path: Path) -> Path:
     return path
 
 
-def send(ws: Workspace, command: str) -> Path:
-    """Write a command file atomically; the engine picks it up within a fraction of a second."""
+def send(ws: Workspace, command: str, exp_id: str | None = None) -> Path:
+    """Write a command file atomically; the engine picks it up within a fraction of a second.
+
+    exp_id: `abort` of one experiment (the others go on); without it, abort kills every run in flight."""
     if command not in COMMANDS:
         raise ValueError(f"unknown control command {command!r}")
+    if exp_id is not None and (command != "abort" or not exp_id.isdigit()):
+        raise ValueError(f"only abort takes an experiment id, a number like 0007 (not {exp_id!r})")
     d = _private_dir(ws.control_dir)
-    path = d / command
-    atomic_write_text(path, json.dumps({"command": command, "ts": time.time(), "pid": os.getpid()}) + "\n", mode=0o600)
+    path = d / (command if exp_id is None else f"{command}-{exp_id}")
+    atomic_write_text(path, json.dumps({"command": command, "id": exp_id, "ts": time.time(), "pid": os.getpid()})
+                      + "\n", mode=0o600)
     return path
 
 
-def take(ws: Workspace) -> list[str]:
-    """Consume pending command files (engine side), in a fixed priority order: abort, stop, pause, resume."""
+def take(ws: Workspace) -> list[tuple[str, str | None]]:
+    """Consume pending command files (engine side) as (command, experiment id or None), in a fixed priority
+    order: abort, stop, pause, resume."""
     d = ws.control_dir
     if not d.is_dir():
         return []
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return []
     found = []
     for cmd in ("abort", "stop", "pause", "resume"):
-        p = d / cmd
-        try:
-            p.unlink()
-        except FileNotFoundError:
-            continue
-        found.append(cmd)
+        for name in sorted(n for n in names if n == cmd or (cmd == "abort" and n.startswith("abort-"))):
+            try:
+                (d / name).unlink()
+            except FileNotFoundError:
+                continue
+            exp_id = name.partition("-")[2] or None
+            found.append((cmd, exp_id if exp_id and exp_id.isdigit() else None))
     return found
 
 

@@ -30,6 +30,11 @@ def engine_argv(ws: Workspace, cfg: LoopConfig) -> list[str]:
         argv += ["--max", str(cfg.max_experiments)]
     if cfg.timeout:
         argv += ["--timeout", repr(cfg.timeout)]
+    argv += ["--lookahead", str(cfg.lookahead), "--executor", cfg.executor]
+    for flag, value in (("--gpus", cfg.gpus), ("--slots", cfg.slots), ("--agents", cfg.agents),
+                        ("--ray-address", cfg.ray_address)):
+        if value is not None:
+            argv += [flag, str(value)]
     return argv
 
 

@@ -1,35 +1,48 @@
-"""The experiment loop (DESIGN.md 5.1): propose -> validate -> commit -> train -> measure -> decide -> record."""
+"""The engine: proposals made ahead in their own worktrees, runs in N slots, one exact ratchet (docs/architecture.md).
+
+One experiment: propose (agent in a worktree at the best commit) -> validate -> queue -> apply onto the best of
+that moment and commit (off the branch) -> train in a free slot -> measure -> decide against the best it
+started from -> record (results.tsv, one writer, finish order) -> the branch moves only to measured commits.
+The main thread owns git's branch, the ledger and every decision; agents and runs work on other threads.
+"""
 
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import control, ledger
+from . import control, faults, journal, ledger
 from .config import LoopConfig
+from .controls import Controls
 from .decision import decide
 from .errors import UserError
 from .events import EventLog, read_finished
+from .executors.base import Executor, RunCallbacks, RunHandle, RunSpec, Slot
 from .lock import EngineLock
+from .meta import ExperimentMeta, write_meta
 from .procs import ProcessId
+from .proposer import ProposalJob, ProposalOutcome, make_proposal
 from .ratchet import Ratchet, branch_name, experiment_ref, numstat
-from .runner import run
 from .status import HEARTBEAT_S, Best, Proposal, SlotRun, StatusWriter
-from .training import LocalRunner, read_time_budget
-from .validate import PERSON_FILES, Verdict, check_changes, check_source
-from .workspace import EDITABLE_FILE, Workspace, atomic_write_json, format_experiment_id, read_json
+from .training import TrainResult, budget_of, default_timeout
+from .validate import PERSON_FILES
+from .workspace import EDITABLE_FILE, Workspace, format_experiment_id
 
-CONTROL_POLL_S = 0.2  # control files are looked at 5 times a second, also while a subprocess runs
+CONTROL_POLL_S = 0.2  # control files are looked at 5 times a second, also while subprocesses run
 MAX_AGENT_FAILURES = 3  # consecutive proposals lost to the agent itself (error, timeout, nothing changed) -> pause
+MAX_REBASES = 2  # a proposal that no longer applies goes back to its agent at most this often
 PROGRAM_MESSAGE = "program.md: directives updated"
 ABORTED = "aborted by user"
 STOPPED = "engine stopped"
 INTERRUPTED = "engine interrupted"
+NOT_TRAINED = "not trained: the engine was stopping"
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -50,7 +63,7 @@ def next_experiment_id(ws: Workspace) -> str:
 def find_best(rat: Ratchet, rows: list[ledger.Row], head: str) -> tuple[str, ledger.Row] | None:
     """The kept result the branch head stands on: walk back the first-parent history to a commit with a
     `keep` row; valid only if train.py did not change since (commits in between only touched program.md)."""
-    kept = {r.commit[:7]: r for r in rows if r.status == "keep" and r.val_bpb > 0}
+    kept = {r.commit[:7]: r for r in rows if r.status == "keep" and r.measured}
     if not kept:
         return None
     for sha in rat.first_parent_history(head, limit=5000):
@@ -62,153 +75,67 @@ def find_best(rat: Ratchet, rows: list[ledger.Row], head: str) -> tuple[str, led
     return None
 
 
-def describe_proposal(proposal_file: Path, agent_tail: list[str], added: int, removed: int) -> str:
-    """The description: the agent's proposal file, else its `DESCRIPTION:` or last output line, else the diff size."""
-    try:
-        for line in proposal_file.read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.strip():
-                return ledger.clean_description(line)[:200]
-    except OSError:
-        pass
-    for line in reversed(agent_tail):
-        if line.strip().upper().startswith("DESCRIPTION:"):
-            text = line.strip()[len("DESCRIPTION:"):].strip()
-            if text:
-                return ledger.clean_description(text)[:200]
-    for line in reversed(agent_tail):
-        if line.strip():
-            return ledger.clean_description(line)[:200]
-    return f"edit {EDITABLE_FILE} (+{added} -{removed} lines)"
+@dataclass
+class Exp:
+    """One experiment in flight (its meta.json is written from `meta` at every step)."""
 
+    meta: ExperimentMeta
+    dir: Path
+    cancel: threading.Event = field(default_factory=threading.Event)
+    cancel_reason: str | None = None
+    outcome: ProposalOutcome | None = None  # the validated proposal
+    train_py: str | None = None  # what it trains (set when it is applied onto the best)
+    handle: RunHandle | None = None
+    slot: Slot | None = None
+    child: ProcessId | None = None
+    phase: str = "proposing"
+    rebases: int = 0
+    thread: threading.Thread | None = None
 
-class _Experiment:
-    """Bookkeeping of the experiment in flight (meta.json is written from it)."""
-
-    def __init__(self, ws: Workspace, exp_id: str, meta: dict):
-        self.id = exp_id
-        self.dir = ws.experiment_dir(exp_id)
-        self.meta = meta
-        self.timings: dict[str, float] = {}
+    @property
+    def id(self) -> str:
+        return self.meta.id
 
     def save(self) -> None:
-        self.meta["timings"] = {k: round(v, 3) for k, v in self.timings.items()}
-        atomic_write_json(self.dir / "meta.json", self.meta)
+        write_meta(self.dir, self.meta)
 
 
 class Engine:
     """One engine per workspace (engine.lock). `run()` loops until stop, --max, a signal or a fatal error."""
 
-    def __init__(self, ws: Workspace, cfg: LoopConfig, agent=None, runner: LocalRunner | None = None,
+    def __init__(self, ws: Workspace, cfg: LoopConfig, agent=None, executor: Executor | None = None,
                  trainer_argv: list[str] | None = None, log: Callable[[str], None] | None = None,
                  handle_signals: bool = True):
         self.ws = ws
         self.cfg = cfg
         self.agent = agent
-        self.runner = runner or LocalRunner(ws.root, timeout=cfg.timeout,
-                                            **({"argv": trainer_argv} if trainer_argv else {}))
+        self.executor = executor
+        self.trainer_argv = trainer_argv
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.handle_signals = handle_signals
         self.branch = branch_name(cfg.tag)
-        self.best_commit: str | None = None
+        self.controls = Controls()
+        self.inbox: queue.Queue = queue.Queue()  # (kind, payload) from worker threads to the main loop
+        self.git_lock = threading.Lock()  # git state shared by every worktree (worktrees, refs)
+        self.head: str | None = None  # the branch head the engine put there
+        self.best_commit: str | None = None  # the measured commit the head stands on
         self.best_val: float | None = None
+        self.best_id: str | None = None
         self.crash_tail: str | None = None
+        self.started = 0  # experiments begun in this session (--max counts them)
         self.done = 0
         self.agent_failures = 0
         self.exit_code = 0
-        # control state, shared with the watcher thread and signal handlers
-        self._cv = threading.Condition()
-        self._paused = False
-        self._stop = False
-        self._signalled: str | None = None
-        self._cancel = threading.Event()
-        self._cancel_reason: str | None = None
-        self._in_experiment = False
-        self._watcher_quit = threading.Event()
+        self.fatal: str | None = None
+        self.proposing: dict[str, Exp] = {}
+        self.ready: list[Exp] = []  # validated proposals waiting for a slot, oldest first
+        self.confirm_queue: list[Exp] = []  # confirmation runs: first in line for a slot
+        self.running: dict[str, Exp] = {}  # slot id -> run
+        self.slots: list[Slot] = []
         self.state: StatusWriter | None = None
-        self._view: dict | None = None  # the experiment in flight, as engine.json shows it
-        self._slot_label = "slot 0"
         self.events: EventLog | None = None
         self.rat: Ratchet | None = None
-
-    # --- control -------------------------------------------------------------------------------------
-    def _on_control(self, cmd: str) -> None:
-        exp_id = self._current_id()
-        with self._cv:
-            if cmd == "abort":
-                self.events.emit("abort_requested", exp_id)
-                if self._in_experiment:
-                    self._cancel_reason = ABORTED
-                    self._cancel.set()
-                if not self._paused:
-                    self._paused = True
-                    self.events.emit("paused", exp_id, reason="abort")
-            elif cmd == "stop":
-                self._stop = True
-            elif cmd == "pause" and not self._paused:
-                self._paused = True
-                self.events.emit("paused", exp_id)
-            elif cmd == "resume" and self._paused:
-                self._paused = False
-                self.events.emit("resumed", exp_id)
-            self._publish_status()
-            self._cv.notify_all()
-
-    def _publish_status(self) -> None:
-        status = "stopping" if (self._stop or self._signalled) else "paused" if self._paused else "running"
-        self.state.update(status=status)
-
-    def _watch_controls(self) -> None:
-        beat = time.monotonic()
-        while not self._watcher_quit.wait(CONTROL_POLL_S):
-            if time.monotonic() - beat >= HEARTBEAT_S:  # dashboards on other hosts judge liveness by it
-                beat = time.monotonic()
-                self.state.heartbeat()
-            try:
-                for cmd in control.take(self.ws):
-                    self._on_control(cmd)
-            except Exception as e:  # a broken control file must not kill the engine
-                self.log(f"autoresearch: ignoring a control command that could not be read ({e}).")
-
-    def _on_signal(self, signum, frame) -> None:
-        """SIGTERM, SIGINT and SIGHUP stop the engine soon: a running agent or trainer is killed at once (a
-        system shutdown or `kill` will not wait minutes for a training run), the experiment is reverted and
-        recorded as a crash "engine stopped (SIGTERM)", then the engine exits. `autoresearch stop` is the
-        gentle way: it lets the current experiment finish."""
-        # only set flags here: the main thread may hold any lock when the signal arrives
-        self._signalled = signal.Signals(signum).name
-        self._stop = True
-        if self._in_experiment:
-            self._cancel_reason = f"{STOPPED} ({self._signalled})"
-            self._cancel.set()
-
-    def _current_id(self) -> str | None:
-        return self._view["id"] if self._view else None
-
-    def _show(self, phase: str | None = None, **fields) -> None:
-        """engine.json's view of the experiment in flight: a proposal while the agent works and validation
-        runs, slot 0's run while it trains and is recorded."""
-        v = self._view
-        if v is None:
-            self.state.update(phase=phase or "idle", proposals=(), slots=(SlotRun("0", label=self._slot_label),))
-            return
-        v.update(fields)
-        if phase:
-            v["phase"] = phase
-        child = v.get("child")
-        if v["phase"] in ("proposing", "validating"):
-            prop = Proposal(v["id"], base=v.get("parent"), state=v["phase"], description=v.get("description") or "",
-                            idea=v.get("idea"), started_at=v.get("started_at"), child=child)
-            self.state.update(phase=v["phase"], proposals=(prop,), slots=(SlotRun("0", label=self._slot_label),))
-        else:
-            slot = SlotRun("0", label=self._slot_label, phase="training" if v["phase"] == "training" else "recording",
-                           experiment=v["id"], commit=v.get("commit"), description=v.get("description") or "",
-                           started_at=v.get("started_at"), training_started_at=v.get("training_started_at"),
-                           time_budget=v.get("time_budget"), child=child)
-            self.state.update(phase=v["phase"], proposals=(), slots=(slot,))
-
-    def _phase(self, phase: str, exp_id: str | None) -> None:
-        self._show(phase)
-        self.events.emit("phase_changed", exp_id, phase=phase)
+        self._watcher_quit = threading.Event()
 
     # --- lifecycle -----------------------------------------------------------------------------------
     def run(self) -> int:
@@ -228,30 +155,37 @@ class Engine:
             notice = getattr(self.agent, "notice", None)
             if notice:
                 self.log(f"autoresearch: {notice}.")
+            if self.executor is None:
+                from .executors.local import LocalExecutor, plan_slots
+                self.executor = LocalExecutor(self.ws.root, plan_slots(None, None, []), argv=self.trainer_argv)
+            self.slots = self.executor.slots()
             control.take(self.ws)  # commands left from an earlier engine are stale
-            recover(self.ws, self.rat, self.events, self.log)  # reads the dead engine's engine.json: before ours
-            self.state.update(agent=self.agent.describe())
-            self._show()
+            recover(self.ws, self.rat, self.events, self.log, self.executor)  # before our engine.json replaces its
             check_clean_tree(self.rat)
             created = self.rat.checkout_branch(self.branch)
             led = ledger.read(self.ws.results_tsv)
             if led.bad_lines:
                 self.log(f"autoresearch: warning: {led.warning()}")
-            head = self.rat.head()
-            found = None if created else find_best(self.rat, led.rows, head)
+            self.head = self.rat.head()
+            found = None if created else find_best(self.rat, led.rows, self.head)
             if found:
-                self.best_commit, self.best_val = head, found[1].val_bpb
-            else:
-                self.best_commit = head
+                self.best_commit, self.best_val = found[0], found[1].val_bpb
+                self.best_id = self._id_of(found[0])
+            journal.write(self.ws, journal.Journal(self.branch, self.head))
             base = led.baseline
-            self.state.update(best=self._best_info(), baseline_val_bpb=base.val_bpb if base else None)
+            self.state.update(agent=self.agent.describe(), best=self._best(), slots=self._slot_status(),
+                              baseline_val_bpb=base.val_bpb if base else None,
+                              options={"slots": len(self.slots), "lookahead": self.cfg.lookahead,
+                                       "agents": self.cfg.agents, "executor": getattr(self.executor, "name", "?")})
             if self.handle_signals and threading.current_thread() is threading.main_thread():
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                    old_handlers[sig] = signal.signal(sig, self._on_signal)
+                    old_handlers[sig] = signal.signal(sig, self.controls.on_signal)
             self.events.emit("engine_started", None, pid=os.getpid(), tag=self.cfg.tag, branch=self.branch,
-                             agent=self.agent.describe(), created_branch=created)
+                             agent=self.agent.describe(), created_branch=created,
+                             slots=[s.label for s in self.slots], lookahead=self.cfg.lookahead)
             self.log(f"autoresearch: engine {os.getpid()} running on branch {self.branch} with agent "
-                     f"{self.agent.describe()}.")
+                     f"{self.agent.describe()}" + (f", {len(self.slots)} slots" if len(self.slots) > 1 else "")
+                     + ".")
             watcher = threading.Thread(target=self._watch_controls, name="control-watcher", daemon=True)
             watcher.start()
             message = None
@@ -260,7 +194,7 @@ class Engine:
             finally:
                 self._watcher_quit.set()
                 watcher.join(timeout=2)
-            self._view = None
+                self._shutdown_in_flight()
             self.state.update(status="stopped", phase="idle", proposals=(), slots=(), message=message)
             self.events.emit("engine_stopped", None, reason=message or "stopped")
             self.log(f"autoresearch: engine stopped ({message or 'stopped'}).")
@@ -277,372 +211,589 @@ class Engine:
                 signal.signal(sig, h)
             if self.events is not None:
                 self.events.close()
+            if self.executor is not None:
+                self.executor.close()
             lock.release()
 
-    def _best_info(self) -> Best | None:
-        if self.best_val is None:
-            return None
-        return Best(self.best_commit, self.best_val)
+    # --- control -------------------------------------------------------------------------------------
+    def _watch_controls(self) -> None:
+        beat = time.monotonic()
+        while not self._watcher_quit.wait(CONTROL_POLL_S):
+            if time.monotonic() - beat >= HEARTBEAT_S:  # dashboards on other hosts judge liveness by it
+                beat = time.monotonic()
+                self.state.heartbeat()
+            try:
+                for cmd, exp_id in control.take(self.ws):
+                    self.inbox.put(("control", (cmd, exp_id)))
+            except Exception as e:  # a broken control file must not kill the engine
+                self.log(f"autoresearch: ignoring a control command that could not be read ({e}).")
 
+    def _on_control(self, cmd: str, exp_id: str | None) -> None:
+        if cmd == "abort":
+            self.events.emit("abort_requested", exp_id)
+            targets = [e for e in self._in_flight() if exp_id is None or e.id == exp_id]
+            for e in targets:
+                self._cancel(e, ABORTED)
+            if exp_id is None and self.controls.pause("abort"):
+                self.events.emit("paused", None, reason="abort")
+        elif cmd == "stop":
+            self.controls.request_stop()
+        elif cmd == "pause" and self.controls.pause():
+            self.events.emit("paused", None)
+        elif cmd == "resume" and self.controls.resume():
+            self.events.emit("resumed", None)
+        self.state.update(status=self.controls.status())
+
+    def _cancel(self, e: Exp, reason: str) -> None:
+        e.cancel_reason = reason
+        e.cancel.set()
+        if e.handle is not None:
+            e.handle.cancel(reason)
+
+    def _in_flight(self) -> list[Exp]:
+        return [*self.proposing.values(), *self.ready, *self.confirm_queue, *self.running.values()]
+
+    def _pause_for(self, msg: str) -> None:
+        if self.controls.pause(msg):
+            self.log(f"autoresearch: {msg}")
+            self.events.emit("paused", None, reason=msg)
+            self.state.update(status=self.controls.status(), message=msg)
+
+    # --- the loop ------------------------------------------------------------------------------------
     def _loop(self) -> str:
         while True:
-            with self._cv:
-                while self._paused and not self._stop:
-                    if self.state.status.phase != "idle":
-                        self.state.update(phase="idle")
-                    self._cv.wait(CONTROL_POLL_S)
-            if self._signalled:
-                return f"{self._signalled} received"
-            if self._stop:
-                return "stop requested"
-            if self.cfg.max_experiments is not None and self.done >= self.cfg.max_experiments:
-                return f"--max {self.cfg.max_experiments} reached"
-            with self._cv:
-                if self._paused or self._stop:
-                    continue
-                self._cancel.clear()
-                self._cancel_reason = None
-                self._in_experiment = True  # from now on an abort cancels this experiment
-            fatal = self.run_one()
-            if fatal:
+            self._drain(CONTROL_POLL_S)
+            if self.controls.signalled:
+                sig = self.controls.signalled
+                for e in self._in_flight():
+                    self._cancel(e, f"{STOPPED} ({sig})")
+                self._wait_idle()
+                return f"{sig} received"
+            if self.fatal:
                 self.exit_code = 1
-                return fatal
+                for e in self._in_flight():
+                    self._cancel(e, STOPPED)
+                self._wait_idle()
+                return self.fatal
+            limit = self.cfg.max_experiments
+            stop = self.controls.stop_requested
+            at_max = limit is not None and self.started >= limit
+            if stop:
+                self._drop_unstarted()
+            if (stop or at_max) and not self._in_flight():
+                return "stop requested" if stop else f"--max {limit} reached"
+            if not self.controls.paused:
+                if self.best_val is None and not (stop or at_max) and \
+                        not any(e.meta.kind == "baseline" for e in self._in_flight()):
+                    self._start_baseline()  # nothing measured yet (a new branch, or its baseline was aborted)
+                self._dispatch()
+                if not (stop or at_max):
+                    self._start_proposals()
+            self._publish()
 
-    # --- one experiment ------------------------------------------------------------------------------
-    def run_one(self) -> str | None:
-        """Run one experiment end to end. Returns a message when the engine must stop."""
-        self._commit_program_md()
-        exp_id = next_experiment_id(self.ws)
-        baseline = self.best_val is None
-        parent = self.rat.head()
-        now = time.time()
-        exp = _Experiment(self.ws, exp_id, {
-            "id": exp_id, "tag": self.cfg.tag, "branch": self.branch, "status": "running",
-            "description": "baseline" if baseline else None, "commit": parent if baseline else None,
-            "parent": parent, "val_bpb": None, "memory_gb": None, "metrics": {}, "reason": None,
-            "simplification": False, "lines_added": 0, "lines_removed": 0, "idea": None, "baseline": baseline,
-            "agent": None, "tsv_offset": _size(self.ws.results_tsv), "started_at": now, "training_started_at": None, "finished_at": None, "timings": {}})
-        exp.save()  # from here on a crash of the engine leaves a marker that recovery finds
-        self._in_experiment = True
+    def _drain(self, timeout: float) -> None:
+        """Handle what worker threads and the control watcher sent, and runs that ended."""
         try:
-            self._view = {"id": exp_id, "commit": exp.meta["commit"], "description": exp.meta["description"],
-                          "parent": parent, "started_at": now, "training_started_at": None, "child": None,
-                          "time_budget": read_time_budget(self.ws.root), "phase": "proposing"}
-            self._show("proposing" if not baseline else "training")
-            self.events.emit("experiment_started", exp_id, parent=parent, baseline=baseline)
-            if baseline:
-                # the baseline's folder is as complete as any other: an empty diff and a one-line agent log
-                (exp.dir / "diff.patch").write_text("", encoding="utf-8")
-                (exp.dir / "agent.log").write_text(
-                    f"baseline: the unmodified train.py of {parent[:7]} is trained; no agent runs.\n", encoding="utf-8")
+            kind, payload = self.inbox.get(timeout=timeout)
+        except queue.Empty:
+            kind = None
+        while kind is not None:
+            if kind == "control":
+                self._on_control(*payload)
+            elif kind == "proposal":
+                self._proposal_done(*payload)
+            try:
+                kind, payload = self.inbox.get_nowait()
+            except queue.Empty:
+                kind = None
+        for slot_id, e in list(self.running.items()):
+            if e.handle is not None and e.handle.done():
+                del self.running[slot_id]
+                self._run_done(e, e.handle.result(0))
+
+    def _wait_idle(self) -> None:
+        """After cancelling everything: wait for the threads to report, record each experiment once."""
+        deadline = time.monotonic() + 60
+        while (self.running or self.proposing) and time.monotonic() < deadline:
+            self._drain(0.1)
+        self._drop_unstarted()
+
+    def _drop_unstarted(self) -> None:
+        """The engine is stopping: what has not started training never will (it used no slot; it is recorded
+        as skipped, without a results.tsv row, and a person's idea goes back to the queue); agents still
+        proposing are ended the same way. Running runs finish (stop) or were cancelled (signal, fatal)."""
+        for e in self.ready + self.confirm_queue:
+            why = NOT_TRAINED + (f" (keep it by hand: autoresearch keep {e.meta.confirms})" if e.meta.confirms else "")
+            self._record_untrained(e, "skipped", why)
+        self.ready, self.confirm_queue = [], []
+        for e in self.proposing.values():
+            if not e.cancel.is_set():
+                self._cancel(e, NOT_TRAINED)
+
+    def _shutdown_in_flight(self) -> None:
+        """Whatever still runs when the loop ends (an exception): killed, then recorded by the next recovery."""
+        for e in self._in_flight():
+            self._cancel(e, STOPPED)
+        for e in list(self.running.values()):
+            if e.handle is not None:
+                e.handle.result(30)
+        for e in list(self.proposing.values()):
+            if e.thread is not None:
+                e.thread.join(30)
+
+    # --- status --------------------------------------------------------------------------------------
+    def _best(self) -> Best | None:
+        return Best(self.head, self.best_val) if self.best_val is not None else None
+
+    def _slot_status(self) -> tuple[SlotRun, ...]:
+        out = []
+        for s in self.slots:
+            e = self.running.get(s.id)
+            if e is None:
+                out.append(SlotRun(s.id, label=s.label, gpu=s.gpu, node=s.node))
             else:
-                outcome = self._propose(exp)
-                if outcome is not None:
-                    return outcome if outcome != "done" else None
-            return self._train_and_record(exp)
-        finally:
-            self._in_experiment = False
+                node = (e.meta.slot or {}).get("node") or s.node
+                out.append(SlotRun(s.id, label=s.label, gpu=s.gpu, node=node, phase=e.phase, experiment=e.id,
+                                   commit=e.meta.commit, description=e.meta.description or "",
+                                   confirms=e.meta.confirms, started_at=e.meta.started_at,
+                                   training_started_at=e.meta.training_started_at,
+                                   time_budget=e.meta.extra.get("time_budget"), child=e.child))
+        return tuple(out)
+
+    def _proposal_status(self) -> tuple[Proposal, ...]:
+        out = [Proposal(e.id, base=e.meta.base, state=e.phase, description=e.meta.description or "",
+                        idea=e.meta.idea, started_at=e.meta.started_at, child=e.child)
+               for e in self.proposing.values()]
+        out += [Proposal(e.id, base=e.meta.base, state="ready", description=e.meta.description or "",
+                         idea=e.meta.idea, started_at=e.meta.started_at) for e in self.ready]
+        return tuple(out)
+
+    def _publish(self) -> None:
+        running = [e for e in self.running.values()]
+        if running:
+            phase = "recording" if any(e.phase == "recording" for e in running) else "training"
+        elif self.proposing:
+            phase = "validating" if any(e.phase == "validating" for e in self.proposing.values()) else "proposing"
+        else:
+            phase = "idle"
+        new = dict(status=self.controls.status(), phase=phase, slots=self._slot_status(),
+                   proposals=self._proposal_status(), experiments_done=self.done, best=self._best())
+        cur = self.state.status
+        if any(getattr(cur, k) != v for k, v in new.items()):
+            self.state.update(**new)
+
+    def _phase(self, e: Exp, phase: str) -> None:
+        e.phase = phase
+        self.events.emit("phase_changed", e.id, phase=phase)
+        self._publish()
+
+    # --- experiments ---------------------------------------------------------------------------------
+    def _new_exp(self, kind: str, **fields) -> Exp:
+        exp_id = next_experiment_id(self.ws)
+        if kind != "confirmation":  # --max counts experiments; the confirmations they need come on top
+            self.started += 1
+        meta = ExperimentMeta(id=exp_id, tag=self.cfg.tag, branch=self.branch, kind=kind,
+                              started_at=time.time(), tsv_offset=_size(self.ws.results_tsv), **fields)
+        e = Exp(meta=meta, dir=self.ws.experiment_dir(exp_id))
+        e.save()  # from here on a crash of the engine leaves a marker that recovery finds
+        return e
+
+    def _start_baseline(self) -> None:
+        e = self._new_exp("baseline", description="baseline", commit=self.head, parent=self.head, base=self.head,
+                          status="queued")
+        (e.dir / "diff.patch").write_text("", encoding="utf-8")
+        (e.dir / "agent.log").write_text(f"baseline: the unmodified train.py of {self.head[:7]} is trained; no "
+                                         "agent runs.\n", encoding="utf-8")
+        e.train_py = self.rat.show_file(self.head, EDITABLE_FILE)
+        e.save()
+        self.events.emit("experiment_started", e.id, parent=self.head, baseline=True, kind="baseline")
+        self.confirm_queue.append(e)
+
+    def _start_proposals(self) -> None:
+        """Keep proposals coming: while runs train, the next ones are being made (--lookahead), so a slot that
+        frees finds one ready. Baseline first: nothing is proposed before there is a train.py to start from."""
+        limit = self.cfg.max_experiments
+        cap = self.cfg.agents or (len(self.slots) + self.cfg.lookahead)
+        while True:
+            in_pipeline = len(self.proposing) + len(self.ready) + len(self.confirm_queue) + len(self.running)
+            if in_pipeline >= len(self.slots) + self.cfg.lookahead or len(self.proposing) >= cap:
+                return
+            if limit is not None and self.started >= limit:
+                return
+            self._start_proposal()
+
+    def _start_proposal(self, rebase_of: Exp | None = None) -> None:
+        from .prompt import build_prompt
+
+        self._commit_program_md()  # the person's newest directives reach this proposal
+        if rebase_of is None:
+            e = self._new_exp("proposal", base=self.head, status="proposing")
+            idea = control.take_idea(self.ws)
+            if idea:
+                e.meta.idea = idea
+                self.events.emit("idea_taken", e.id, text=idea)
+            self.events.emit("experiment_started", e.id, parent=self.head, baseline=False, kind="proposal")
+        else:
+            e = rebase_of
+            log = e.dir / "agent.log"
+            if log.exists():  # the next agent run starts a new log: keep the first one beside it
+                os.replace(log, e.dir / f"agent.{e.rebases}.log")
+            e.meta = e.meta.with_(base=self.head, status="proposing", commit=None)
+            e.cancel = threading.Event()
+            e.outcome = None
+        e.phase = "proposing"
+        e.save()
+        led = ledger.read(self.ws.results_tsv)
+        best_row = next((r for r in reversed(led.rows) if r.status == "keep" and r.val_bpb == self.best_val), None)
+        best_arg = {"commit": self.head, "val_bpb": self.best_val,
+                    "description": best_row.description if best_row else None}
+        in_flight = [x.meta.description or x.meta.idea for x in self._in_flight() if x is not e]
+        prompt = build_prompt(self.ws, led, best_arg, self.crash_tail, e.meta.idea, read_finished(self.ws.events),
+                              in_flight=[t for t in in_flight if t], hand_in=getattr(self.agent, "hand_in", "file"))
+        self.crash_tail = None
+        job = ProposalJob(ws=self.ws, exp_id=e.id, exp_dir=e.dir, base=self.head, prompt=prompt, agent=self.agent,
+                          agent_timeout=self.cfg.agent_timeout, cancel=e.cancel, git_lock=self.git_lock,
+                          on_child=lambda pid, e=e: self._child(e, pid),
+                          cancel_reason=lambda e=e: e.cancel_reason)
+        self.proposing[e.id] = e
+        e.thread = threading.Thread(target=self._propose_thread, args=(e, job), name=f"propose-{e.id}", daemon=True)
+        e.thread.start()
+        self._publish()
+
+    def _propose_thread(self, e: Exp, job: ProposalJob) -> None:
+        try:
+            out = make_proposal(job)
+        except BaseException as ex:  # git failing under the agent: recorded as a crash, never a hang
+            out = ProposalOutcome("agent_error", f"proposal failed: {type(ex).__name__}: {ex}")
+        self.inbox.put(("proposal", (e, out)))
+
+    def _child(self, e: Exp, pid: int | None) -> None:
+        """The agent of this proposal started (or ended): engine.json names it for recovery."""
+        if pid:
+            faults.point("agent_spawned")
+        e.child = ProcessId.of(pid) if pid else None
+        self.state.update(proposals=self._proposal_status())
+
+    def _proposal_done(self, e: Exp, out: ProposalOutcome) -> None:
+        self.proposing.pop(e.id, None)
+        e.child = None
+        moved = self.rat.rev("refs/heads/" + self.branch)
+        if moved != self.head:  # an agent moved the branch from its worktree (git update-ref): put it back
+            with self.git_lock:
+                self.rat.set_ref("refs/heads/" + self.branch, self.head)
+            self.log(f"autoresearch: the branch {self.branch} was moved to {str(moved)[:7]} during proposal {e.id}; "
+                     f"it is back at {self.head[:7]}.")
+            if out.kind == "ready":
+                out.kind, out.reason = "rejected", f"rejected: moved the branch {self.branch}"
+        e.outcome = out
+        m = e.meta
+        m.agent = out.usage
+        m.timings.update(propose_s=round(out.propose_s, 3), validate_s=round(out.validate_s, 3))
+        m.description = out.description or m.description
+        m.lines_added, m.lines_removed = out.lines_added, out.lines_removed
+        if out.kind == "ready":
+            self.agent_failures = 0
+            m.status = "ready"
+            e.train_py = out.train_py
+            e.save()
+            self.events.emit("proposal_ready", e.id, description=m.description, commit=out.snapshot,
+                             lines_added=out.lines_added, lines_removed=out.lines_removed)
+            self.ready.append(e)
+        elif out.kind == "empty":
+            self.agent_failures += 1
+            m.status, m.reason, m.finished_at = "skipped", out.reason, time.time()
+            e.save()
             self.done += 1
-            self._view = None
-            self._show()
-            self.state.update(experiments_done=self.done, best=self._best_info())
-            self.events.emit("phase_changed", exp_id, phase="idle")
+            self.events.emit("experiment_finished", e.id, status="skipped", val_bpb=None, memory_gb=None,
+                             commit=None, description=m.description, reason=m.reason)
+            self._maybe_pause_for_agent(out)
+        elif out.kind == "cancelled" and e.cancel_reason == NOT_TRAINED:
+            self._record_untrained(e, "skipped", e.cancel_reason)
+        else:
+            if out.kind == "rejected":
+                self.agent_failures = 0
+                self.events.emit("rejected", e.id, reason=out.reason)
+            elif out.kind == "agent_error":
+                self.agent_failures += 1
+            self._record_untrained(e, "crash", out.reason or "proposal failed")
+            if out.kind == "agent_error":
+                self._maybe_pause_for_agent(out)
+        self._publish()
 
-    def _reject_program_edit(self, exp: _Experiment) -> str | None:
-        """program.md is the person's: a proposal that changed it is rejected, the file goes back to the
-        committed directives, and the proposed text is kept in the experiment folder (nothing is lost).
+    def _maybe_pause_for_agent(self, out: ProposalOutcome) -> None:
+        if out.error_kind in ("auth", "version"):  # these fail every proposal the same way: no point in two more
+            self._pause_for(f"paused: {out.reason.rstrip('.')}; fix it, then resume.")
+            self.agent_failures = 0
+        elif self.agent_failures >= MAX_AGENT_FAILURES:
+            self._pause_for(f"{self.agent_failures} proposals in a row gave no usable change; paused. Check the "
+                            "agent (see agent.log of the last experiments), then resume.")
+            self.agent_failures = 0
 
-        People edit it between proposals, or at any time through `control.submit_program` (the
-        dashboard's `e`), which the engine applies before the next proposal."""
-        if not self.rat.differs_from_head("program.md"):
+    # --- dispatch: apply onto the best of this moment, commit, start in a free slot -------------------
+    def _free_slots(self) -> list[Slot]:
+        return [s for s in self.slots if s.id not in self.running]
+
+    def _dispatch(self) -> None:
+        for slot in self._free_slots():
+            e = self._next_run()
+            if e is None:
+                return
+            self._start_run(e, slot)
+
+    def _next_run(self) -> Exp | None:
+        """Confirmation and baseline runs first; a proposal only once the best is measured."""
+        while self.confirm_queue:
+            return self.confirm_queue.pop(0)
+        if self.best_val is None:
             return None
-        saved = exp.dir / "program.md.proposed"
-        if self.ws.program_md.exists():
-            saved.write_bytes(self.ws.program_md.read_bytes())
-        self.rat.restore(["program.md"], [])
-        return f"rejected: changed program.md (its text is kept in {saved.name})"
+        while self.ready:
+            e = self.ready.pop(0)
+            if self._apply_onto_best(e):
+                return e
+        return None
+
+    def _same_train(self, a: str, b: str) -> bool:
+        return a == b or self.rat.blob(a) == self.rat.blob(b)
+
+    def _apply_onto_best(self, e: Exp) -> bool:
+        """The proposal's change onto the current best (3-way); one that no longer applies spends no GPU time:
+        its idea goes back to the agent with the new train.py (a new proposal under the same id)."""
+        base = e.meta.base
+        if self._same_train(base, self.head):
+            text = e.train_py
+        else:
+            text = self.rat.merge(self.rat.show_file(base, EDITABLE_FILE) or "",
+                              self.rat.show_file(self.head, EDITABLE_FILE) or "", e.train_py or "")
+        if text is None:
+            if e.rebases >= MAX_REBASES:
+                self._record_untrained(e, "crash", f"rejected: the change no longer applies to the best "
+                                                   f"train.py ({self.head[:7]}) after {e.rebases} retries")
+                return False
+            e.rebases += 1
+            idea = (f"Your proposal \"{e.meta.description}\" was made on an older train.py and no longer applies "
+                    f"to the current best. Make the same change on the current train.py. Your earlier diff:\n"
+                    f"{(e.outcome.patch if e.outcome else '')[:4000]}")
+            e.meta.idea = idea
+            self.events.emit("rebase_needed", e.id, base=base, best=self.head)
+            self._start_proposal(rebase_of=e)
+            return False
+        e.train_py = text
+        return True
+
+    def _start_run(self, e: Exp, slot: Slot) -> None:
+        m = e.meta
+        new_commit = m.kind != "baseline" or m.commit is None
+        if new_commit:
+            m.commit = self.rat.commit_file(self.head, e.train_py, _commit_message(m))
+            m.parent = self.head
+        with self.git_lock:
+            self.rat.set_ref(experiment_ref(e.id), m.commit)
+        if new_commit:
+            faults.point("committed")  # the experiment's commit and ref exist, its folder does not name them yet
+        m.reference_val_bpb, m.reference_id = self.best_val, self.best_id
+        m.slot = {"id": slot.id, "label": slot.label, "gpu": slot.gpu, "node": slot.node}
+        files = {name: self.rat.show_file(self.head, name) for name in ("prepare.py", "constants.py")}
+        files = {k: v for k, v in files.items() if v is not None}
+        files[EDITABLE_FILE] = e.train_py
+        budget = budget_of(files)
+        m.extra["time_budget"] = budget
+        m.training_started_at = time.time()
+        m.timings["queue_s"] = round(m.training_started_at - (m.started_at or m.training_started_at)
+                                     - sum(m.timings.get(k, 0) for k in ("propose_s", "validate_s")), 3)
+        m.status = "training"
+        e.save()
+        if m.kind != "baseline":  # what is trained: the change against the best it starts from
+            (e.dir / "diff.patch").write_text(self.rat.diff(self.head, m.commit), encoding="utf-8")
+        e.slot, e.phase = slot, "starting"
+        logs = [e.dir / "train.log"] + ([self.ws.run_log] if slot.id == self.slots[0].id else [])
+        spec = RunSpec(exp_id=e.id, files=files, logs=tuple(logs), metrics_out=e.dir / "metrics.json",
+                       timeout=self.cfg.timeout or default_timeout(budget), seed=m.seed)
+        self.running[slot.id] = e
+        callbacks = RunCallbacks(on_start=lambda child, node, e=e: self._run_started(e, child, node),
+                                 on_phase=lambda phase, e=e: self._run_phase(e, phase))
+        e.handle = self.executor.start(slot, spec, callbacks)
+        self._publish()
+
+    def _run_started(self, e: Exp, child: ProcessId | None, node: str | None) -> None:
+        # the child is in engine.json before anyone hears that training started (recovery relies on it)
+        faults.point("trainer_spawned")
+        e.child = child
+        if node:
+            e.meta.slot = {**(e.meta.slot or {}), "node": node}
+        self.state.update(slots=self._slot_status())
+        self.events.emit("training_started", e.id, commit=e.meta.commit, pid=child.pid if child else None,
+                         slot=e.slot.id if e.slot else None, node=node)
+
+    def _run_phase(self, e: Exp, phase: str) -> None:
+        e.phase = phase
+        self.state.update(slots=self._slot_status())
+        self.events.emit("phase_changed", e.id, phase=phase)
+
+    # --- a run ended: decide against the best it started from ----------------------------------------
+    def _run_done(self, e: Exp, result: TrainResult | None) -> None:
+        m = e.meta
+        e.child = None
+        if result is None:
+            result = TrainResult(False, None, None, {}, "the run ended without a result", [], 0.0)
+        m.timings["train_s"] = round(result.duration_s, 3)
+        m.metrics = result.metrics
+        dirty = [p for p in self.rat.tracked_changes() if p not in PERSON_FILES]
+        if dirty:  # a run's code reached out of its run folder into the workspace
+            files = ", ".join(dirty[:5])
+            self._record(e, "crash", None, None, f"rejected: {files} changed during training")
+            self.fatal = (f"{files} changed while experiment {e.id} was training; check the change, commit or "
+                          "revert it, then start the loop again")
+            return
+        if result.cancelled:
+            self._record(e, "crash", None, None, e.cancel_reason or ABORTED)
+            return
+        if not result.ok:
+            self.crash_tail = "\n".join(result.tail)
+            self._record(e, "crash", None, None, result.reason)
+            if m.kind == "baseline":
+                self.fatal = (f"the baseline run crashed ({result.reason}); see {e.dir / 'train.log'}, fix the "
+                              "trainer or its data (`autoresearch setup`), then start the loop again")
+            return
+        val = result.val_bpb
+        d = decide(val, m.reference_val_bpb, m.lines_added, m.lines_removed, self.cfg.min_delta,
+                   self.cfg.simplify_tolerance)
+        if d.status == "keep" and m.kind != "baseline" and not self._same_train(m.parent, self.head):
+            self._confirm_elsewhere(e, val, result, d.reason)
+            return
+        if d.simplification:
+            m.description = f"{m.description} [simplify]"
+        m.simplification = d.simplification
+        self._record(e, d.status, val, result.memory_gb, d.reason)
+
+    def _confirm_elsewhere(self, e: Exp, val: float, result: TrainResult, why: str) -> None:
+        """It beat the best it started from, but another run was kept meanwhile: its change goes onto the new
+        best and that combination trains first (a confirmation run) before anything can be kept."""
+        m = e.meta
+        text = self.rat.merge(self.rat.show_file(m.parent, EDITABLE_FILE) or "",
+                          self.rat.show_file(self.head, EDITABLE_FILE) or "", e.train_py or "")
+        if text is None:
+            self._record(e, "discard", val, result.memory_gb,
+                         f"{why} on its base, but it does not apply on the new best {self.head[:7]} "
+                         f"({self.best_id}); the idea goes back to the agent")
+            if m.description:
+                control.queue_idea(self.ws, f"Redo on the current train.py (it conflicted): {m.description}")
+            return
+        c = self._new_exp("confirmation", description=m.description, base=m.parent, confirms=e.id, status="queued",
+                          lines_added=m.lines_added, lines_removed=m.lines_removed, idea=m.idea)
+        c.train_py = text
+        c.save()
+        (c.dir / "agent.log").write_text(f"confirmation of {e.id}: its change, applied onto the best {self.head[:7]} "
+                                         f"({self.best_id}), is trained again; no agent runs.\n", encoding="utf-8")
+        m.confirmed_by = c.id
+        self.events.emit("experiment_started", c.id, parent=self.head, baseline=False, kind="confirmation",
+                         confirms=e.id)
+        self._record(e, "discard", val, result.memory_gb,
+                     f"{why} on its base; the best moved to {self.best_id} meanwhile, so the change trains again "
+                     f"on it as {c.id}")
+        self.confirm_queue.insert(0, c)
+
+    # --- recording: the results.tsv line is the commit point -----------------------------------------
+    def _record_untrained(self, e: Exp, status: str, reason: str) -> None:
+        """A proposal that never trained: a crash row (rejected, agent failure, abort), or skipped (no row)."""
+        for coll in (self.ready, self.confirm_queue):
+            if e in coll:
+                coll.remove(e)
+        self.proposing.pop(e.id, None)
+        m = e.meta
+        if status == "skipped":
+            m.status, m.reason, m.finished_at = "skipped", reason, time.time()
+            e.save()
+            self.done += 1
+            if m.idea and m.kind == "proposal" and not m.idea.startswith("Your proposal"):
+                control.queue_idea(self.ws, m.idea)  # a person's idea is not lost with it
+            self.events.emit("experiment_finished", e.id, status="skipped", val_bpb=None, memory_gb=None,
+                             commit=None, description=m.description, reason=reason)
+            return
+        snapshot = e.outcome.snapshot if e.outcome and e.outcome.snapshot else None
+        if snapshot is None:
+            snapshot = self.rat.snapshot(m.description or "(no description)", m.base or self.head, [])
+        m.commit = m.commit or snapshot
+        m.parent = m.parent or m.base
+        self._record(e, "crash", None, None, reason)
+
+    def _record(self, e: Exp, status: str, val_bpb: float | None, memory_gb: float | None, reason: str | None) -> None:
+        """Intent first: meta says what is about to be recorded, then the row (the commit point), then the
+        branch, then meta says it is done. Recovery after kill -9 between any two steps finishes the job."""
+        t0 = time.monotonic()
+        m = e.meta
+        e.phase = "recording"
+        keep = status == "keep"
+        m.status, m.reason = "recording", reason
+        m.extra["decision"] = status
+        m.val_bpb = val_bpb
+        m.memory_gb = None if memory_gb is None else round(memory_gb, 3)
+        description = m.description or "(no description)"
+        commit = m.commit
+        if keep and m.kind != "baseline" and commit != self.head and self.rat.rev(commit + "^") != self.head:
+            # a program.md commit landed on the branch while it trained: the same train.py, on top of it
+            commit = self.rat.commit_file(self.head, e.train_py, _commit_message(m))
+            m.extra["trained_commit"] = m.commit
+            m.commit = commit
+        e.save()
+        with self.git_lock:
+            self.rat.set_ref(experiment_ref(e.id), commit)
+        reference = m.reference_val_bpb
+        if keep and commit != self.head:
+            journal.write(self.ws, journal.Journal(self.branch, self.head, commit, e.id))
+        tsv_desc = description if status != "crash" else f"{description} ({reason})"
+        ledger.append(self.ws.results_tsv, commit, val_bpb or 0.0, memory_gb or 0.0, status, tsv_desc)
+        faults.point("row_written")
+        if keep:
+            if commit != self.head:
+                self.rat.reset_keep(commit)  # a fast-forward of the branch (and the person's tree) to it
+            self.head, self.best_commit, self.best_val, self.best_id = commit, commit, val_bpb, e.id
+            journal.write(self.ws, journal.Journal(self.branch, self.head))
+            if m.kind == "baseline":
+                self.state.update(baseline_val_bpb=val_bpb)
+        m.timings["record_s"] = round(time.monotonic() - t0, 3)
+        m.status, m.finished_at = status, time.time()
+        m.extra.pop("decision", None)
+        e.save()
+        faults.point("meta_written")
+        self.done += 1
+        self.events.emit("experiment_finished", e.id, status=status, val_bpb=val_bpb, memory_gb=memory_gb,
+                         commit=commit, description=description, reason=reason, reference=reference,
+                         best=self.best_val, kind=m.kind, confirms=m.confirms,
+                         slot=(m.slot or {}).get("id"))
+        self._publish()
+        faults.point("between_experiments")
 
     def _commit_program_md(self) -> None:
+        """Directives a person handed in (or edited in place) are committed on the branch before the next
+        proposal; the best's train.py is unchanged, so the new head stands on the same measured result."""
         pending = control.take_program(self.ws)
         if pending is not None:
             self.ws.program_md.write_text(pending, encoding="utf-8")
-        if (self.ws.program_md.exists() and self.rat.differs_from_head("program.md")):
+        if self.ws.program_md.exists() and self.rat.differs_from_head("program.md"):
+            journal.write(self.ws, journal.Journal(self.branch, self.head, None, None))
             sha = self.rat.commit_paths(["program.md"], PROGRAM_MESSAGE)
-            self.best_commit = sha
+            self.head = sha
+            journal.write(self.ws, journal.Journal(self.branch, self.head))
             self.events.emit("program_committed", None, commit=sha)
-            self.state.update(best=self._best_info())
+            self._publish()
 
-    def _child_started(self, pid: int) -> None:
-        self._show(child=ProcessId.of(pid))
-
-    def _propose(self, exp: _Experiment) -> str | None:
-        """Agent, then validation, then commit. Returns None to go on training, "done" when the experiment
-        was finished here (skipped, rejected, agent failure, abort), or a message to stop the engine."""
-        t0 = time.monotonic()
-        self._phase("proposing", exp.id)
-        parent = exp.meta["parent"]
-        before = self.rat.status()
-        untracked_before = self.rat.untracked(before)
-        tsv_before = _stat(self.ws.results_tsv)
-        idea = control.take_idea(self.ws)
-        if idea:
-            exp.meta["idea"] = idea
-            self.events.emit("idea_taken", exp.id, text=idea)
-            exp.save()
-        led = ledger.read(self.ws.results_tsv)
-        best_row = next((r for r in reversed(led.rows) if r.status == "keep" and r.val_bpb == self.best_val), None)
-        best_arg = {"commit": self.best_commit, "val_bpb": self.best_val,
-                    "description": best_row.description if best_row else None}
-        try:
-            from .prompt import build_prompt
-        except ImportError:  # the prompt builder is optional for custom agents
-            build_prompt = None
-        prompt = (build_prompt(self.ws, led, best_arg, self.crash_tail, idea, read_finished(self.ws.events))
-                  if build_prompt
-                  else self.ws.program_md.read_text(encoding="utf-8", errors="replace"))
-        self.crash_tail = None
-        from .agents.base import AgentContext, agent_env
-        prompt_file = exp.dir / "prompt.md"
-        prompt_file.write_text(prompt, encoding="utf-8")
-        proposal_file, usage_file = exp.dir / "proposal.txt", exp.dir / "usage.json"
-        ctx = AgentContext(workspace=self.ws, exp_id=exp.id, prompt=prompt, prompt_file=prompt_file,
-                           proposal_file=proposal_file, usage_file=usage_file, log_file=exp.dir / "agent.log",
-                           timeout=self.cfg.agent_timeout)
-        try:
-            argv = self.agent.command(ctx)
-            env = dict(os.environ)
-            env.update(self.agent.env(ctx))
-            env.update(agent_env(ctx))
-        except UserError as e:
-            res, argv = None, None
-            agent_error = str(e)
-        else:
-            agent_error = None
-        if argv is not None:
-            res = run(argv, cwd=self.ws.root, env=env, logs=[ctx.log_file], timeout=self.cfg.agent_timeout,
-                      cancel=self._cancel, on_start=self._child_started)
-            self._show(child=None)
-            if res.error:
-                agent_error = res.error
-            elif res.timed_out:
-                agent_error = f"agent timed out after {self.cfg.agent_timeout:.0f} s"
-            elif res.returncode != 0 and not res.cancelled:
-                last = next((ln for ln in reversed(res.tail) if ln.strip()), "")
-                agent_error = f"agent exited with code {res.returncode}" + (f": {last.strip()[:160]}" if last else "")
-        exp.meta["agent"] = self._usage(usage_file)
-        exp.timings["propose_s"] = time.monotonic() - t0
-
-        t1 = time.monotonic()
-        self._phase("validating", exp.id)
-        self._undo_agent_commits(parent)
-        program_rejection = self._reject_program_edit(exp)
-        entries = self.rat.status()
-        verdict = check_changes(entries, untracked_before)
-        if program_rejection:  # the rest of the proposal is undone with it, its new files included
-            verdict = Verdict("rejected", program_rejection, verdict.tracked, verdict.new_files)
-        tail = res.tail if res else []
-        if res is not None and res.cancelled:
-            return self._finish_without_training(exp, verdict, self._cancel_reason or ABORTED, t1)
-        if agent_error:
-            self.agent_failures += 1
-            out = self._finish_without_training(exp, verdict, agent_error, t1)
-            return self._maybe_pause_for_agent(out)
-        if verdict.status == "empty":
-            self.agent_failures += 1
-            desc = describe_proposal(proposal_file, tail, 0, 0) if _size(proposal_file) or tail else "(no change)"
-            exp.meta.update(status="skipped", reason="the agent changed nothing", finished_at=time.time(),
-                            description=desc)
-            exp.timings["validate_s"] = time.monotonic() - t1
-            exp.save()
-            self.events.emit("experiment_finished", exp.id, status="skipped", val_bpb=None, memory_gb=None,
-                             commit=None, description=exp.meta["description"], reason=exp.meta["reason"])
-            return self._maybe_pause_for_agent("done")
-        self.agent_failures = 0
-        reason = verdict.reason
-        if reason is None and _stat(self.ws.results_tsv) != tsv_before:
-            reason = "rejected: results.tsv was modified during the proposal (the ledger is the engine's)"
-        if reason is None:
-            try:
-                source = self.ws.train_py.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as e:
-                source, reason = None, f"rejected: {EDITABLE_FILE} cannot be read ({e})"
-            if source is not None:
-                reason = check_source(source)
-        patch = self.rat.diff("HEAD")
-        added, removed = numstat(patch)
-        description = describe_proposal(proposal_file, tail, added, removed)
-        exp.meta.update(description=description, lines_added=added, lines_removed=removed)
-        if reason:
-            self.events.emit("rejected", exp.id, reason=reason)
-            return self._finish_without_training(exp, verdict, reason, t1, description=description)
-        (exp.dir / "diff.patch").write_text(patch, encoding="utf-8")
-        commit = self.rat.commit_paths([EDITABLE_FILE], description)
-        self.rat.set_ref(experiment_ref(exp.id), commit)
-        exp.meta["commit"] = commit
-        exp.timings["validate_s"] = time.monotonic() - t1
-        exp.save()
-        self._show(commit=commit, description=description)
-        self.events.emit("proposal_ready", exp.id, description=description, commit=commit,
-                         lines_added=added, lines_removed=removed)
-        return None
-
-    def _maybe_pause_for_agent(self, outcome: str) -> str:
-        if self.agent_failures >= MAX_AGENT_FAILURES:
-            with self._cv:
-                if not self._paused:
-                    self._paused = True
-                    msg = (f"{self.agent_failures} proposals in a row gave no usable change; paused. Check "
-                           "the agent (see agent.log of the last experiments), then resume.")
-                    self.log(f"autoresearch: {msg}")
-                    self.events.emit("paused", None, reason=msg)
-                    self.state.update(message=msg)
-                    self._publish_status()
-            self.agent_failures = 0
-        return outcome
-
-    def _usage(self, usage_file: Path) -> dict:
-        info = {"name": getattr(self.agent, "name", "agent"), "model": self.cfg.model, "input_tokens": None,
-                "output_tokens": None, "cost_usd": None}
-        data = read_json(usage_file, None)
-        if isinstance(data, dict):
-            for k in ("model", "input_tokens", "output_tokens", "cost_usd"):
-                v = data.get(k)
-                if k == "model" and isinstance(v, str):
-                    info[k] = v[:100]
-                elif k != "model" and isinstance(v, (int, float)) and not isinstance(v, bool):
-                    info[k] = v
-        return info
-
-    def _undo_agent_commits(self, parent: str) -> None:
-        """An agent that ran `git commit` (or switched branches) is put back: its changes stay in the
-        working tree as uncommitted edits, where validation sees them like any other proposal."""
-        if self.rat.current_branch() != self.branch:
-            try:
-                self.rat.git("checkout", "-q", self.branch)
-            except Exception as e:
-                raise UserError(f"the agent left the branch {self.branch} and the engine could not switch back "
-                                f"({e}); check out {self.branch} by hand and start the loop again.") from None
-        if self.rat.head() != parent:
-            self.rat.git("reset", "-q", "--soft", parent)
-            self.rat.git("reset", "-q")
-
-    def _finish_without_training(self, exp: _Experiment, verdict, reason: str, t_validate: float,
-                                 description: str | None = None) -> str:
-        """Record a proposal that never trained (rejected, agent failure, abort) as a crash: its changes are
-        kept browsable in a snapshot commit under the experiment ref, then the working tree is restored."""
-        parent = exp.meta["parent"]
-        desc = description or exp.meta.get("description") or describe_proposal(
-            exp.dir / "proposal.txt", [], 0, 0)
-        paths = [p for p in verdict.tracked + verdict.new_files if p not in PERSON_FILES]
-        snap_paths = [p for p in paths if not _too_big(self.ws.root / p)]
-        patch = self.rat.diff("HEAD", paths=tuple(p for p in verdict.tracked if p not in PERSON_FILES)) \
-            if verdict.tracked else ""
-        if patch:
-            (exp.dir / "diff.patch").write_text(patch, encoding="utf-8")
-        commit = self.rat.snapshot(desc, parent, snap_paths)
-        exp.meta.update(description=desc, commit=commit)
-        exp.timings.setdefault("validate_s", time.monotonic() - t_validate)
-        self.rat.restore([p for p in verdict.tracked if p not in PERSON_FILES], verdict.new_files,
-                         keep_dir=exp.dir / "created-files")
-        self._record(exp, "crash", commit, None, None, desc, reason)
-        return "done"
-
-    def _train_and_record(self, exp: _Experiment) -> str | None:
-        t0 = time.monotonic()
-        self._phase("training", exp.id)
-        started = time.time()
-        exp.meta["training_started_at"] = started
-        exp.save()
-        self._show(training_started_at=started)
-
-        def on_start(pid: int) -> None:
-            # the child is in engine.json before anyone hears that training started (recovery relies on it)
-            self._child_started(pid)
-            self.events.emit("training_started", exp.id, commit=exp.meta["commit"], pid=pid)
-
-        result = self.runner.train([exp.dir / "train.log", self.ws.run_log], exp.dir / "metrics.json",
-                                   cancel=self._cancel, on_start=on_start, run_id=exp.id)
-        self._show(child=None)
-        exp.timings["train_s"] = time.monotonic() - t0
-        exp.meta["metrics"] = result.metrics
-        commit = exp.meta["commit"]
-        # the trainer runs the agent's code: it must not have changed tracked files while it ran
-        dirty = [p for p in self.rat.tracked_changes() if p not in PERSON_FILES]
-        if EDITABLE_FILE in dirty:
-            self.rat.restore([EDITABLE_FILE], [])  # the commit holds what was measured
-            dirty.remove(EDITABLE_FILE)
-        if dirty:
-            files = ", ".join(dirty[:5])
-            self._record(exp, "crash", commit, None, None, exp.meta["description"],
-                         f"rejected: {files} changed during training")
-            return (f"{files} changed while experiment {exp.id} was training; check the change, commit or revert "
-                    "it, then start the loop again")
-        if result.cancelled:
-            self._record(exp, "crash", commit, None, None, exp.meta["description"],
-                         self._cancel_reason or ABORTED)
-            return None
-        if not result.ok:
-            self.crash_tail = "\n".join(result.tail)
-            self._record(exp, "crash", commit, None, None, exp.meta["description"], result.reason)
-            if exp.meta.get("baseline"):
-                return (f"the baseline run crashed ({result.reason}); see {exp.dir / 'train.log'}, fix the "
-                        "trainer or its data (`autoresearch setup`), then start the loop again")
-            return None
-        d = decide(result.val_bpb, self.best_val, exp.meta["lines_added"], exp.meta["lines_removed"],
-                   self.cfg.min_delta, self.cfg.simplify_tolerance)
-        desc = exp.meta["description"]
-        if d.simplification:
-            desc = f"{desc} [simplify]"
-        exp.meta["simplification"] = d.simplification
-        self._record(exp, d.status, commit, result.val_bpb, result.memory_gb, desc, d.reason)
-        return None
-
-    def _record(self, exp: _Experiment, status: str, commit: str, val_bpb: float | None,
-                memory_gb: float | None, description: str, reason: str | None) -> None:
-        """The commit point is the results.tsv line: meta (with the commit) and the ref are written first so
-        that recovery after a crash here neither loses nor duplicates the row."""
-        t0 = time.monotonic()
-        self._phase("recording", exp.id)
-        reference = self.best_val  # what this run was decided against
-        exp.meta["commit"] = commit
-        exp.save()
-        self.rat.set_ref(experiment_ref(exp.id), commit)
-        tsv_desc = description if status != "crash" else f"{description} ({reason})"
-        ledger.append(self.ws.results_tsv, commit, val_bpb or 0.0, memory_gb or 0.0, status, tsv_desc)
-        if status == "keep":
-            self.best_commit, self.best_val = commit, val_bpb
-            if exp.meta.get("baseline"):
-                self.state.update(baseline_val_bpb=val_bpb)
-        elif self.rat.head() != self.best_commit:
-            self.rat.reset_keep(self.best_commit)
-        exp.timings["record_s"] = time.monotonic() - t0
-        exp.meta.update(status=status, val_bpb=val_bpb, memory_gb=None if memory_gb is None else round(memory_gb, 3),
-                        reason=reason, description=description, finished_at=time.time())
-        exp.save()
-        self.events.emit("experiment_finished", exp.id, status=status, val_bpb=val_bpb, memory_gb=memory_gb,
-                         commit=commit, description=description, reason=reason, reference=reference,
-                         best=self.best_val)
-        self.state.update(best=self._best_info())
-
-
-def _stat(path: Path):
-    try:
-        st = path.stat()
-        return st.st_size, st.st_mtime_ns
-    except OSError:
+    def _id_of(self, commit: str) -> str | None:
+        for f in reversed(read_finished(self.ws.events)):
+            if f.status == "keep" and f.commit[:7] == commit[:7]:
+                return f.exp_id
         return None
 
 
-def _size(path: Path) -> int:
+def _commit_message(m: ExperimentMeta) -> str:
+    desc = m.description or "(no description)"
+    return f"{desc}\n\nautoresearch experiment {m.id}" + (f" (confirms {m.confirms})" if m.confirms else "")
+
+
+def _size(path) -> int:
     try:
         return path.stat().st_size
     except OSError:
         return 0
 
 
-def _too_big(path: Path, limit: int = 5 << 20) -> bool:
-    """Files above 5 MB are left out of snapshot commits (an agent's stray data file must not bloat git)."""
-    try:
-        return path.is_file() and path.stat().st_size > limit
-    except OSError:
-        return False
+__all__ = ["Engine", "find_best", "next_experiment_id", "numstat"]

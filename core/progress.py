@@ -15,6 +15,7 @@ _STEP = re.compile(r"\bstep[ :]*(\d+)")
 _PCT = re.compile(r"\((\d+(?:\.\d+)?)%\)")
 _LOSS = re.compile(r"\bloss[ :=]*(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)")
 _REMAINING = re.compile(r"remaining: ?(\d+(?:\.\d+)?) ?s\b")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # colour codes a train.py may add around its status line
 MAX_CURVE_BYTES = 64 << 20  # a runaway log is read only this far for its curve
 
 
@@ -28,6 +29,8 @@ class Progress:
 
 def parse_line(line: str) -> Progress | None:
     """One progress line, or None if it is not one (or a train.py printed it in another format)."""
+    if "\x1b" in line:
+        line = _ANSI.sub("", line)
     m = _STEP.search(line)
     if not m:
         return None

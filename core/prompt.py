@@ -9,6 +9,7 @@ MAX_RECENT_ROWS = 50  # long histories: the last 50 rows plus every kept row
 MAX_PROGRAM_CHARS = 40_000
 MAX_CRASH_LINES = 50
 MAX_CRASH_CHARS = 6_000
+MAX_IN_FLIGHT = 16
 
 CONTRACT = """\
 ## Your task and the rules
@@ -21,11 +22,19 @@ CONTRACT = """\
    are already installed.
 4. Do NOT run training, tests, benchmarks or package installs: the engine commits your change, trains it
    for the time budget, measures val_bpb and keeps or reverts it after you finish.
-5. When done, write a one-line description of the change (under 100 characters, no tabs, e.g.
+{hand_in}
+"""
+
+HAND_IN = {
+    "file": """5. When done, write a one-line description of the change (under 100 characters, no tabs, e.g.
    "MATRIX_LR 0.04 -> 0.05" or "SwiGLU MLP instead of ReLU^2") to the file named by the environment
    variable $AUTORESEARCH_PROPOSAL_FILE. If you cannot write that file, end your final message with a
-   line `DESCRIPTION: <one line>`.
-"""
+   line `DESCRIPTION: <one line>`.""",
+    "final_message": """5. You can read the files of your working directory and edit train.py; nothing else can be
+   written. When done, end your final message with one line `DESCRIPTION: <one line, under 100
+   characters, no tabs>` describing the change (e.g. "MATRIX_LR 0.04 -> 0.05" or "SwiGLU MLP instead of
+   ReLU^2"); the engine records it.""",
+}
 
 
 def _fence(text: str) -> str:
@@ -78,7 +87,7 @@ def results_table(ledger: Ledger, max_recent: int = MAX_RECENT_ROWS, finished: l
 
 
 def build_prompt(ws: Workspace, ledger: Ledger, best, crash_tail: str | None, idea: str | None,
-                 finished: list[Finished] = ()) -> str:
+                 finished: list[Finished] = (), in_flight: list[str] = (), hand_in: str = "file") -> str:
     """The whole prompt as Markdown (the engine writes it to $AUTORESEARCH_PROMPT_FILE)."""
     parts = ["# autoresearch: propose the next experiment",
              "You are the research agent of an autonomous ML research loop. The engine runs train.py for a "
@@ -122,6 +131,11 @@ def build_prompt(ws: Workspace, ledger: Ledger, best, crash_tail: str | None, id
                      "change, do not repeat it; if a fix is obvious, you may try the idea again, fixed.\n\n"
                      f"{fence}text\n{tail}\n{fence}")
 
+    shown = [" ".join(t.split())[:200] for t in in_flight if t and t.strip()][:MAX_IN_FLIGHT]
+    if shown:
+        parts.append("## Experiments in flight\n\nThese are being trained or proposed right now, in other slots. Do "
+                     "not propose the same thing; pick a different idea.\n\n" + "\n".join(f"- {t}" for t in shown))
+
     if idea and idea.strip():
         text = " ".join(idea.split())
         parts.append("## Request from the person running this session\n\n"
@@ -129,5 +143,5 @@ def build_prompt(ws: Workspace, ledger: Ledger, best, crash_tail: str | None, id
                      "the rules further down) unless it is impossible; then say why in your description.\n\n"
                      + "\n".join("> " + ln for ln in text.splitlines()))
 
-    parts.append(CONTRACT.rstrip())
+    parts.append(CONTRACT.format(hand_in=HAND_IN.get(hand_in, HAND_IN["file"])).rstrip())
     return "\n\n".join(parts) + "\n"

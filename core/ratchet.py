@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
+from .workspace import STATE_DIR
 
 BRANCH_PREFIX = "autoresearch/"
 EXPERIMENT_REF_PREFIX = "refs/autoresearch/experiments/"
+EDITABLE = "train.py"
 _IDENTITY = {"GIT_AUTHOR_NAME": "autoresearch", "GIT_AUTHOR_EMAIL": "autoresearch@localhost",
              "GIT_COMMITTER_NAME": "autoresearch", "GIT_COMMITTER_EMAIL": "autoresearch@localhost"}
 
@@ -90,6 +94,16 @@ class Ratchet:
             # commits must work in a fresh repo without a configured identity
             self._git.update_environment(**_IDENTITY)
 
+    def _tmp(self) -> Path:
+        """Scratch files of git plumbing (temporary indexes, blobs): inside the workspace's state folder, where
+        recovery after kill -9 finds and removes them (never in the shared TMPDIR)."""
+        d = self.root / STATE_DIR / "tmp"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def merge(self, base: str, ours: str, theirs: str) -> str | None:
+        return merge_text(base, ours, theirs, self._tmp())
+
     def _config(self, key: str) -> str:
         try:
             return self._git.config("--get", key).strip()
@@ -160,10 +174,30 @@ class Ratchet:
         return self.git("rev-list", "--first-parent", f"--max-count={limit}", ref).split()
 
     def show_file(self, commit: str, path: str) -> str | None:
+        """A file's text at a commit (None if it has no such file)."""
         try:
             return self.git("show", f"{commit}:{path}", strip_newline_in_stdout=False)
         except self._GitCommandError:
             return None
+
+    def blob(self, commit: str, path: str = EDITABLE) -> str | None:
+        """The blob id of a file at a commit: equal ids, equal content."""
+        try:
+            return self.git("rev-parse", "--verify", "-q", f"{commit}:{path}").strip() or None
+        except self._GitCommandError:
+            return None
+
+    def refs(self, prefix: str) -> dict[str, str]:
+        """{ref name: sha} of every ref under prefix (e.g. "refs/heads/")."""
+        out = self.git("for-each-ref", "--format=%(refname) %(objectname)", prefix)
+        return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+
+    def is_ancestor(self, older: str, newer: str) -> bool:
+        try:
+            self.git("merge-base", "--is-ancestor", older, newer)
+            return True
+        except self._GitCommandError:
+            return False
 
     # --- changes -----------------------------------------------------------------------------------
     def checkout_branch(self, name: str) -> bool:
@@ -193,7 +227,7 @@ class Ratchet:
         """A commit of parent plus the working-tree state of paths, made through a temporary index: nothing
         checked out, no branch moved. Keeps rejected or interrupted proposals browsable. No paths: a commit
         with parent's tree (still a distinct sha, so its results.tsv row has its own commit)."""
-        fd, index = tempfile.mkstemp(prefix="autoresearch-index-")
+        fd, index = tempfile.mkstemp(prefix="index-", dir=self._tmp())
         os.close(fd)
         os.unlink(index)  # git wants to create it itself
         env = {"GIT_INDEX_FILE": index}
@@ -209,8 +243,59 @@ class Ratchet:
             except FileNotFoundError:
                 pass
 
+    def commit_file(self, parent: str, text: str, message: str, path: str = EDITABLE) -> str:
+        """A commit of parent with one file's content replaced, made through a temporary index: nothing checked
+        out, no branch moved (an experiment's commit, made while another slot's run may be training)."""
+        fd, tmp = tempfile.mkstemp(prefix="blob-", dir=self._tmp())
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        try:
+            blob = self.git("hash-object", "-w", "--", tmp).strip()
+        finally:
+            os.unlink(tmp)
+        fd, index = tempfile.mkstemp(prefix="index-", dir=self._tmp())
+        os.close(fd)
+        os.unlink(index)
+        env = {"GIT_INDEX_FILE": index}
+        try:
+            self.git("read-tree", parent, env=env)
+            self.git("update-index", "--add", "--cacheinfo", f"100644,{blob},{path}", env=env)
+            tree = self.git("write-tree", env=env).strip()
+            return self.git("commit-tree", tree, "-p", parent, "-m", message or "(no description)", env=env).strip()
+        finally:
+            try:
+                os.unlink(index)
+            except FileNotFoundError:
+                pass
+
     def set_ref(self, ref: str, sha: str) -> None:
         self.git("update-ref", ref, sha)
+
+    def delete_ref(self, ref: str) -> None:
+        try:
+            self.git("update-ref", "-d", ref)
+        except self._GitCommandError:
+            pass
+
+    # --- worktrees (one per proposal, under .autoresearch/worktrees/) --------------------------------
+    def add_worktree(self, path: Path, commit: str) -> None:
+        """A detached checkout of commit at path: the agent works there, never in the person's tree."""
+        self.git("worktree", "add", "-q", "--detach", "-f", str(path), commit)
+
+    def remove_worktree(self, path: Path) -> None:
+        try:
+            self.git("worktree", "remove", "--force", "--force", str(path))
+        except self._GitCommandError:
+            pass
+        if Path(path).exists():
+            shutil.rmtree(path, ignore_errors=True)
+        self.git("worktree", "prune")
+
+    def worktrees(self) -> list[Path]:
+        """Every linked worktree git knows (the main one excluded)."""
+        out = self.git("worktree", "list", "--porcelain")
+        paths = [Path(line[len("worktree "):]) for line in out.splitlines() if line.startswith("worktree ")]
+        return [p for p in paths if p.resolve() != self.root.resolve()]
 
     def restore(self, tracked: list[str], new_files: list[str], keep_dir: Path | None = None) -> None:
         """Undo a proposal: tracked paths back to HEAD (index and tree); files it created are moved into
@@ -257,6 +342,24 @@ class Ratchet:
         if expected_old:
             args.append(expected_old)
         self.git(*args)
+
+
+def merge_text(base: str, ours: str, theirs: str, tmp: Path | None = None) -> str | None:
+    """Three-way merge of one file (git merge-file): the change base -> theirs applied onto ours, or None if the
+    two changes conflict."""
+    d = tempfile.mkdtemp(prefix="merge-", dir=tmp)
+    try:
+        paths = []
+        for name, text in (("ours", ours), ("base", base), ("theirs", theirs)):
+            p = Path(d) / name
+            p.write_text(text, encoding="utf-8", newline="")
+            paths.append(str(p))
+        proc = subprocess.run(["git", "merge-file", "-p", "-q", *paths], capture_output=True)
+        if proc.returncode != 0:  # > 0: the number of conflicts; < 0: an error
+            return None
+        return proc.stdout.decode("utf-8")
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _first_line(e: Exception) -> str:

@@ -122,6 +122,8 @@ if "quality" in plan:
     src = re.sub(r"^QUALITY = .*$", "QUALITY = %r  # the val_bpb this run reports" % plan["quality"], src, flags=re.M)
 if "mode" in plan:
     src = re.sub(r"^MODE = .*$", "MODE = %r  # ok | crash | fakeprint | spawn" % plan["mode"], src, flags=re.M)
+for name, value in plan.get("set", {}).items():  # any other top-level constant, e.g. {"SLEEP": 2.0}
+    src = re.sub(r"^%s = [^#\n]*" % name, "%s = %r  " % (name, value), src, flags=re.M)
 for _ in range(plan.get("remove_lines", 0)):
     src = re.sub(r"^# filler \d+\n", "", src, count=1, flags=re.M)
 src += plan.get("append", "")

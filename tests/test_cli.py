@@ -163,7 +163,8 @@ def test_loop_saves_options_and_a_plain_loop_reuses_them(ws, tmp_path):
     assert r.returncode == 0, r.stderr
     saved = json.loads(ws.config_json.read_text())
     assert saved == {"tag": "t", "agent": "command", "agent_cmd": agent_cmd, "model": None, "min_delta": 0.001,
-                     "simplify_tolerance": 0.0005, "timeout": 30.0, "agent_timeout": 900.0}
+                     "simplify_tolerance": 0.0005, "timeout": 30.0, "agent_timeout": 900.0, "gpus": None,
+                     "slots": None, "lookahead": 1, "agents": None, "executor": "local", "ray_address": None}
     r = cli("-C", str(ws.root), "loop", "--max", "1")
     assert r.returncode == 0, r.stderr
     assert meta(ws, "0002")["description"] == "a" and meta(ws, "0002")["tag"] == "t"

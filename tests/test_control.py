@@ -37,7 +37,9 @@ def test_control_files_priority_and_privacy(tmp_path):
     ws = Workspace.at(tmp_path)
     for cmd in ("resume", "pause", "stop", "abort"):
         control.send(ws, cmd)
-    assert control.take(ws) == ["abort", "stop", "pause", "resume"]
+    control.send(ws, "abort", exp_id="0007")
+    assert control.take(ws) == [("abort", None), ("abort", "0007"), ("stop", None), ("pause", None),
+                                ("resume", None)]
     assert control.take(ws) == []
     assert (ws.control_dir.stat().st_mode & 0o777) == 0o700
 
@@ -104,9 +106,14 @@ def test_detached_engine_pause_resume_abort_stop_and_sigterm(tmp_path):
     os.kill(pid2, signal.SIGTERM)
     wait_for(lambda: not pid_alive(pid2), what="engine exit after SIGTERM")
     assert time.monotonic() - t0 < 10
-    last = finished(ws)[-1]
-    assert last["id"] == started["id"] and last["status"] == "crash"
-    assert last["reason"] == "engine stopped (SIGTERM)"
+    cut = [f for f in finished(ws) if f["id"] == started["id"]]
+    assert len(cut) == 1 and cut[0]["status"] == "crash" and cut[0]["reason"] == "engine stopped (SIGTERM)"
+    # the proposal made ahead while it trained (lookahead 1) is recorded once: a crash if its agent was cut
+    # short, skipped (no row: it never trained) if it was already waiting for the slot
+    ahead = [f for f in finished(ws) if int(f["id"]) > int(started["id"])]
+    assert len(ahead) == 1 and len({f["id"] for f in ahead}) == 1
+    assert (ahead[0]["status"], ahead[0]["reason"]) in (("crash", "engine stopped (SIGTERM)"),
+                                                        ("skipped", "not trained: the engine was stopping"))
     assert tsv_rows(ws)[-1][3] == "crash"
     assert git(ws.root, "rev-parse", "HEAD") == best_before and git(ws.root, "status", "--porcelain") == ""
     assert engine_json(ws)["status"] == "stopped"

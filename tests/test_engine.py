@@ -19,6 +19,8 @@ from core.ratchet import Ratchet
 
 
 def run_engine(ws, plans, max_experiments, **cfg):
+    """One slot and no proposals ahead (milestone 1's strictly sequential loop) unless cfg says otherwise."""
+    cfg.setdefault("lookahead", 0)
     agent = ScriptAgent(plans)
     engine = Engine(ws, LoopConfig(tag="t", max_experiments=max_experiments, **cfg), agent=agent,
                     handle_signals=False, log=lambda msg: None)
@@ -106,7 +108,7 @@ def test_loop_keeps_discards_and_ends_at_best(tmp_path):
     m = meta(ws, "0006")
     assert m["simplification"] and m["lines_removed"] == 3 and m["lines_added"] == 1
     assert m["parent"] == meta(ws, "0005")["commit"]
-    assert set(m["timings"]) == {"propose_s", "validate_s", "train_s", "record_s"}
+    assert set(m["timings"]) == {"propose_s", "validate_s", "queue_s", "train_s", "record_s"}
     d = ws.experiment_dir("0002")
     for name in ("meta.json", "diff.patch", "train.log", "agent.log", "metrics.json", "prompt.md"):
         assert (d / name).exists(), name
@@ -219,7 +221,7 @@ def test_program_md_edits_are_committed_and_ideas_reach_one_prompt(tmp_path):
 def test_failing_agent_pauses_the_engine(tmp_path):
     ws = make_workspace(tmp_path / "ws")
     agent = ScriptAgent([{"exit": 2, "say": "no credits"}] * 3)
-    engine = Engine(ws, LoopConfig(tag="t", max_experiments=10), agent=agent, handle_signals=False,
+    engine = Engine(ws, LoopConfig(tag="t", max_experiments=10, lookahead=0), agent=agent, handle_signals=False,
                     log=lambda m: None)
     t = threading.Thread(target=engine.run)
     t.start()
@@ -234,7 +236,7 @@ def test_failing_agent_pauses_the_engine(tmp_path):
 
 def test_abort_kills_trainer_and_grandchild_then_holds(tmp_path):
     ws = make_workspace(tmp_path / "ws")
-    engine = Engine(ws, LoopConfig(tag="t", max_experiments=5), agent=ScriptAgent([{"quality": 0.9, "desc": "x"}]),
+    engine = Engine(ws, LoopConfig(tag="t", max_experiments=5, lookahead=0), agent=ScriptAgent([{"quality": 0.9, "desc": "x"}]),
                     handle_signals=False, log=lambda m: None)
     run_engine_thread = threading.Thread(target=engine.run)
     set_fake(ws, mode="spawn", sleep=0.1)
@@ -283,14 +285,17 @@ def test_find_best_ignores_train_py_changed_after_measurement(tmp_path):
     assert find_best(rat, rows, sha) is None  # the head's train.py was never measured: run a baseline
 
 
-def test_abort_while_proposing_reverts_the_edit(tmp_path):
+def test_abort_while_proposing_keeps_the_edit_browsable_and_the_tree_clean(tmp_path):
     ws = make_workspace(tmp_path / "ws")
-    engine = Engine(ws, LoopConfig(tag="t", max_experiments=5),
+    engine = Engine(ws, LoopConfig(tag="t", max_experiments=5, lookahead=0),
                     agent=ScriptAgent([{"quality": 0.5, "desc": "slow", "hang": True}]),
                     handle_signals=False, log=lambda m: None)
     t = threading.Thread(target=engine.run)
     t.start()
-    wait_for(lambda: "QUALITY = 0.5" in ws.train_py.read_text(), what="the agent's edit")
+    worktree_train = ws.state_dir / "worktrees" / "0002" / "train.py"  # the agent works in its own checkout
+    wait_for(lambda: worktree_train.exists() and "QUALITY = 0.5" in worktree_train.read_text(),
+             what="the agent's edit")
+    assert "QUALITY = 1.0" in ws.train_py.read_text()  # the person's tree never sees it
     control.send(ws, "abort")
     wait_for(lambda: len(tsv_rows(ws)) == 2, what="the aborted row")
     control.send(ws, "stop")
@@ -300,6 +305,7 @@ def test_abort_while_proposing_reverts_the_edit(tmp_path):
     assert row[3] == "crash" and "aborted by user" in row[4]
     assert "QUALITY = 1.0" in ws.train_py.read_text() and git(ws.root, "status", "--porcelain") == ""
     assert "QUALITY = 0.5" in git(ws.root, "show", f"{meta(ws, '0002')['commit']}:train.py")
+    assert not worktree_train.parent.exists() and "worktrees" not in git(ws.root, "worktree", "list")
 
 
 def test_agent_timeout_is_a_crash_and_the_tree_is_restored(tmp_path):

@@ -68,3 +68,13 @@ def test_crash_tail_cannot_break_out_of_its_fence(tmp_path):
     assert f"{fence}text\n" in section and section.count(fence) == 2
     assert "rm -rf /\n````\n" in section
     assert p.count("x\n") <= 50  # only the last lines of a long log
+
+
+def test_the_hand_in_is_worded_for_the_agent(tmp_path):
+    ws = Workspace(tmp_path)
+    by_file = build_prompt(ws, ledger.Ledger(), None, None, None)
+    by_message = build_prompt(ws, ledger.Ledger(), None, None, None, hand_in="final_message")
+    assert "$AUTORESEARCH_PROPOSAL_FILE" in by_file and "DESCRIPTION:" in by_file
+    assert "$AUTORESEARCH_PROPOSAL_FILE" not in by_message and "`DESCRIPTION: <one line" in by_message
+    listed = build_prompt(ws, ledger.Ledger(), None, None, None, in_flight=["DEPTH 8 -> 9", "  "])
+    assert "## Experiments in flight" in listed and "- DEPTH 8 -> 9" in listed

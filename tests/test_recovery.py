@@ -24,11 +24,12 @@ from engine_fixtures import (
     write_agent_files,
 )
 
-from core import ledger
+from core import journal, ledger
 from core.config import LoopConfig
 from core.engine import Engine
 from core.errors import UserError
 from core.events import EventLog
+from core.meta import ExperimentMeta, write_meta
 from core.procs import pid_alive
 from core.ratchet import Ratchet
 from core.recovery import recover
@@ -45,7 +46,8 @@ def test_kill_9_during_training_then_restart(tmp_path):
     ws = make_workspace(tmp_path / "ws")
     agent_cmd = write_agent_files(tmp_path, [{"quality": 0.9, "desc": "first"}, {"quality": 0.8, "desc": "killed"},
                                              {"quality": 0.85, "desc": "after restart"}])
-    r = cli("-C", str(ws.root), "loop", "--tag", "t", "--agent", "command", "--agent-cmd", agent_cmd, "--max", "2")
+    r = cli("-C", str(ws.root), "loop", "--tag", "t", "--agent", "command", "--agent-cmd", agent_cmd, "--max", "2",
+            "--lookahead", "0")
     assert r.returncode == 0, r.stderr
     best = meta(ws, "0002")["commit"]
 
@@ -55,7 +57,8 @@ def test_kill_9_during_training_then_restart(tmp_path):
     st = json.loads(ws.engine_json.read_text())
     trainer = st["slots"][0]["child"]["pid"]  # named in engine.json before training_started is emitted
     assert pid_alive(trainer)
-    assert git(ws.root, "rev-parse", "HEAD") == meta(ws, "0003")["commit"]  # the branch is mid-experiment
+    assert git(ws.root, "rev-parse", "HEAD") == best  # the branch never stands on the unmeasured commit
+    assert git(ws.root, "rev-parse", "refs/autoresearch/experiments/0003") == meta(ws, "0003")["commit"]
     p.send_signal(signal.SIGKILL)
     p.wait(10)
     assert pid_alive(trainer)  # the orphaned trainer lives on until the next engine stops it
@@ -70,10 +73,11 @@ def test_kill_9_during_training_then_restart(tmp_path):
                                             ("crash", "killed (engine interrupted)"), ("keep", "after restart")]
     assert rows[2][0] == meta(ws, "0003")["commit"][:7]
     assert meta(ws, "0003")["status"] == "crash" and meta(ws, "0003")["reason"] == "engine interrupted"
-    assert meta(ws, "0004")["parent"] == best  # the branch went back to the best before going on
+    assert meta(ws, "0004")["parent"] == best  # it went on from the best
     assert git(ws.root, "status", "--porcelain") == ""
     assert git(ws.root, "rev-parse", "HEAD") == meta(ws, "0004")["commit"]
     assert [e["id"] for e in read_events(ws) if e["type"] == "recovered"] == ["0003"]
+    assert not (ws.state_dir / "runs").exists() or not any((ws.state_dir / "runs").iterdir())
 
     # a further start finds nothing to recover: still exactly one crash row for 0003
     r = cli("-C", str(ws.root), "loop", "--max", "1")
@@ -81,63 +85,69 @@ def test_kill_9_during_training_then_restart(tmp_path):
     assert sum(1 for x in tsv_rows(ws) if "engine interrupted" in x[4]) == 1
 
 
-def _interrupted(ws, exp_id, **fields):
+def _interrupted(ws, exp_id, status="proposing", **fields):
+    """An experiment folder as an engine killed at that step leaves it."""
     rat = Ratchet(ws.root)
-    m = {"id": exp_id, "tag": "t", "branch": "autoresearch/t", "status": "running", "description": None,
-         "commit": None, "parent": rat.head(), "tsv_offset": ws.results_tsv.stat().st_size}
-    m.update(fields)
+    m = ExperimentMeta(id=exp_id, tag="t", branch="autoresearch/t", status=status, base=rat.head(),
+                       tsv_offset=ws.results_tsv.stat().st_size, **fields)
     ws.experiment_dir(exp_id).mkdir(parents=True)
-    atomic_write_json(ws.experiment_dir(exp_id) / "meta.json", m)
+    write_meta(ws.experiment_dir(exp_id), m)
     return rat, m
 
 
 def _baseline(ws):
-    Engine(ws, LoopConfig(tag="t", max_experiments=1), agent=ScriptAgent(), handle_signals=False,
+    Engine(ws, LoopConfig(tag="t", max_experiments=1, lookahead=0), agent=ScriptAgent(), handle_signals=False,
            log=lambda m: None).run()
 
 
-def test_interrupted_while_proposing_restores_train_py(tmp_path):
+def test_interrupted_while_proposing_removes_the_worktree_and_records_one_crash(tmp_path):
     ws = make_workspace(tmp_path / "ws")
     _baseline(ws)
-    rat, m = _interrupted(ws, "0002")
-    ws.train_py.write_text(ws.train_py.read_text().replace("QUALITY = 1.0", "QUALITY = 0.5"))
+    rat, m = _interrupted(ws, "0002", description="half done")
+    wt = ws.state_dir / "worktrees" / "0002"
+    rat.add_worktree(wt, rat.head())
+    (wt / "train.py").write_text("# the agent was here\n")
+    (ws.state_dir / "runs" / "0002").mkdir(parents=True)
+    (ws.experiment_dir("0002") / ".meta.json.abc.tmp").write_text("{")  # a write cut short
     events = EventLog(ws.events)
     assert recover(ws, rat, events, lambda s: None) == ["0002"]
-    assert git(ws.root, "status", "--porcelain") == ""
+    assert git(ws.root, "status", "--porcelain") == "" and not wt.exists()
+    assert "worktrees" not in git(ws.root, "worktree", "list")
+    assert not (ws.state_dir / "runs").exists() and not list(ws.experiment_dir("0002").glob(".*.tmp"))
     rows = tsv_rows(ws)
-    assert rows[-1][3] == "crash" and "engine interrupted" in rows[-1][4]
-    snap = meta(ws, "0002")["commit"]
-    assert "QUALITY = 0.5" in git(ws.root, "show", f"{snap}:train.py")  # the half-done proposal is kept
+    assert rows[-1][3] == "crash" and rows[-1][4] == "half done (engine interrupted)"
+    assert git(ws.root, "rev-parse", f"{meta(ws, '0002')['commit']}^") == rat.head()  # browsable, on its base
     assert recover(ws, rat, events, lambda s: None) == []  # exactly once
 
 
-def test_decision_recorded_before_the_kill_is_not_duplicated(tmp_path):
-    ws = make_workspace(tmp_path / "ws")
-    _baseline(ws)
-    rat = Ratchet(ws.root)
-    ws.train_py.write_text(ws.train_py.read_text().replace("QUALITY = 1.0", "QUALITY = 0.5"))
-    sha = rat.commit_paths(["train.py"], "kept before the kill")
-    parent = git(ws.root, "rev-parse", "HEAD~1")
-    _, m = _interrupted(ws, "0002", commit=sha, parent=parent, description="kept before the kill")
-    ledger.append(ws.results_tsv, sha, 0.5, 1.0, "keep", "kept before the kill")
-    recover(ws, rat, EventLog(ws.events), lambda s: None)
-    assert len(tsv_rows(ws)) == 2
-    assert meta(ws, "0002")["status"] == "keep"
-    assert git(ws.root, "rev-parse", "HEAD") == sha  # a kept commit stays
-
-
-def test_a_discard_recorded_before_the_kill_moves_the_branch_back(tmp_path):
+def test_a_keep_whose_row_was_written_before_the_kill_moves_the_branch(tmp_path):
     ws = make_workspace(tmp_path / "ws")
     _baseline(ws)
     rat = Ratchet(ws.root)
     parent = rat.head()
-    ws.train_py.write_text(ws.train_py.read_text().replace("QUALITY = 1.0", "QUALITY = 2.0"))
-    sha = rat.commit_paths(["train.py"], "worse")
-    _interrupted(ws, "0002", commit=sha, parent=parent)
-    ledger.append(ws.results_tsv, sha, 2.0, 1.0, "discard", "worse")
+    text = ws.train_py.read_text().replace("QUALITY = 1.0", "QUALITY = 0.5")
+    sha = rat.commit_file(parent, text, "kept before the kill")  # experiment commits live off the branch
+    _interrupted(ws, "0002", status="recording", commit=sha, parent=parent, description="kept before the kill")
+    journal.write(ws, journal.Journal("autoresearch/t", parent, sha, "0002"))  # the intent, then the row
+    ledger.append(ws.results_tsv, sha, 0.5, 1.0, "keep", "kept before the kill")
+    recover(ws, rat, EventLog(ws.events), lambda s: None)  # killed before the branch moved
+    assert len(tsv_rows(ws)) == 2
+    assert meta(ws, "0002")["status"] == "keep"
+    assert git(ws.root, "rev-parse", "HEAD") == sha and "QUALITY = 0.5" in ws.train_py.read_text()
+    assert git(ws.root, "status", "--porcelain") == ""
+
+
+def test_a_keep_killed_before_its_row_leaves_the_branch_at_the_best(tmp_path):
+    ws = make_workspace(tmp_path / "ws")
+    _baseline(ws)
+    rat = Ratchet(ws.root)
+    parent = rat.head()
+    sha = rat.commit_file(parent, ws.train_py.read_text() + "# x\n", "not recorded")
+    _interrupted(ws, "0002", status="recording", commit=sha, parent=parent, description="not recorded")
+    journal.write(ws, journal.Journal("autoresearch/t", parent, sha, "0002"))
     recover(ws, rat, EventLog(ws.events), lambda s: None)
-    assert len(tsv_rows(ws)) == 2 and git(ws.root, "rev-parse", "HEAD") == parent
-    assert "QUALITY = 1.0" in ws.train_py.read_text()
+    assert [r[3] for r in tsv_rows(ws)] == ["keep", "crash"]
+    assert git(ws.root, "rev-parse", "HEAD") == parent
 
 
 def test_an_older_row_with_the_same_commit_does_not_count(tmp_path):
@@ -145,22 +155,37 @@ def test_an_older_row_with_the_same_commit_does_not_count(tmp_path):
     _baseline(ws)
     rat = Ratchet(ws.root)
     head = rat.head()
-    _interrupted(ws, "0002", commit=head, baseline=True)  # a baseline re-run on the same commit
+    _interrupted(ws, "0002", status="training", kind="baseline", commit=head, parent=head)  # a baseline re-run
     recover(ws, rat, EventLog(ws.events), lambda s: None)
     assert [r[3] for r in tsv_rows(ws)] == ["keep", "crash"]
+
+
+def test_a_branch_moved_by_an_agent_goes_back_to_the_best(tmp_path):
+    ws = make_workspace(tmp_path / "ws")
+    _baseline(ws)
+    rat = Ratchet(ws.root)
+    best = rat.head()
+    rogue = rat.commit_file(best, "print('never measured')\n", "the agent's own commit")
+    _interrupted(ws, "0002")
+    rat.git("update-ref", "refs/heads/autoresearch/t", rogue)  # from its worktree, then the engine was killed
+    rat.git("reset", "-q", "--hard", rogue)  # (the test's stand-in for what the checkout then shows)
+    recover(ws, rat, EventLog(ws.events), lambda s: None)
+    assert git(ws.root, "rev-parse", "HEAD") == best and git(ws.root, "status", "--porcelain") == ""
 
 
 def test_recovery_never_resets_work_it_cannot_vouch_for(tmp_path):
     ws = make_workspace(tmp_path / "ws")
     _baseline(ws)
-    rat, m = _interrupted(ws, "0002")
-    (ws.root / "prepare.py").write_text("# someone's edit\n")
-    ws.train_py.write_text("# edited\n")
-    with pytest.raises(UserError, match="prepare.py have uncommitted changes"):
+    rat = Ratchet(ws.root)
+    parent = rat.head()
+    sha = rat.commit_file(parent, ws.train_py.read_text().replace("QUALITY = 1.0", "QUALITY = 0.5"), "kept")
+    _interrupted(ws, "0002", status="recording", commit=sha, parent=parent, description="kept")
+    journal.write(ws, journal.Journal("autoresearch/t", parent, sha, "0002"))
+    ledger.append(ws.results_tsv, sha, 0.5, 1.0, "keep", "kept")
+    ws.train_py.write_text("# someone's edit\n")  # the branch must move, but this edit is in the way
+    with pytest.raises(UserError, match="without losing local changes"):
         recover(ws, rat, EventLog(ws.events), lambda s: None)
-    assert (ws.root / "prepare.py").read_text() == "# someone's edit\n"
-    assert ws.train_py.read_text() == "# edited\n"
-    assert len(tsv_rows(ws)) == 1
+    assert ws.train_py.read_text() == "# someone's edit\n"
 
 
 def test_stale_engine_json_reads_as_stopped(tmp_path):
@@ -169,21 +194,9 @@ def test_stale_engine_json_reads_as_stopped(tmp_path):
     p.wait()
     ws.state_dir.mkdir(exist_ok=True)
     atomic_write_json(ws.engine_json, {"pid": p.pid, "hostname": os.uname().nodename, "status": "running",
-                                       "phase": "training", "experiment": {"id": "0001"}})
+                                       "phase": "training", "slots": [{"id": "0", "experiment": "0001"}]})
     r = cli("-C", str(ws.root), "status", "--json")
     st = json.loads(r.stdout)
     assert st["status"] == "stopped" and st["alive"] is False and st["stale_status"] == "running"
     r = cli("-C", str(ws.root), "pause")
     assert r.returncode == 1 and "no engine is running" in r.stderr
-
-
-def test_interrupted_proposal_does_not_commit_the_agents_program_md(tmp_path):
-    ws = make_workspace(tmp_path / "ws")
-    _baseline(ws)
-    rat, m = _interrupted(ws, "0002")
-    committed = ws.program_md.read_text()
-    ws.program_md.write_text(committed + "\nthe agent's own rules\n")  # written during the proposal
-    assert recover(ws, rat, EventLog(ws.events), lambda s: None) == ["0002"]
-    assert ws.program_md.read_text() == committed
-    assert "the agent's own rules" in (ws.experiment_dir("0002") / "program.md.proposed").read_text()
-    assert git(ws.root, "status", "--porcelain") == ""

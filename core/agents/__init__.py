@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import shutil
 
 from ..errors import UserError
 from .base import Agent, AgentContext, agent_env
+from .cli import find_binary
 
 AGENTS = ("auto", "claude", "codex", "anthropic", "command", "mutate")
 
@@ -15,7 +15,7 @@ __all__ = ["AGENTS", "Agent", "AgentContext", "agent_env", "make_agent", "resolv
 
 def resolve_auto(config: dict | None = None) -> tuple[str, str | None]:
     """`auto` picks claude if its CLI is on PATH, else anthropic if a key is set, else mutate (with a notice)."""
-    if shutil.which("claude"):
+    if find_binary("claude"):
         return "claude", None
     if os.environ.get("ANTHROPIC_API_KEY"):
         return "anthropic", None

@@ -4,8 +4,9 @@ Usage (the engine runs it with cwd = workspace, ANTHROPIC_API_KEY in the environ
   python -m core.agents.anthropic_agent [--model M] [--max-turns N]
 
 Tools: read_file(path) (workspace files only), edit_train_py(old_str, new_str), write_train_py(content),
-submit(description) which ends the loop. Token usage and an estimated cost are written to
-$AUTORESEARCH_USAGE_FILE after every turn (so an aborted run still has them). ANTHROPIC_BASE_URL is
+submit(description) which ends the loop. Token usage and a cost estimated from core.agents.pricing are
+written to $AUTORESEARCH_USAGE_FILE after every turn (so an aborted run still has them); an API error
+is recorded there too (`error`, `error_kind`), never as the description. ANTHROPIC_BASE_URL is
 honoured (the tests point it at a loopback server). The key is never printed.
 """
 
@@ -16,23 +17,17 @@ import os
 import sys
 from pathlib import Path
 
+from ..description import from_text as description_from_text
 from ..errors import UserError
-from ..workspace import STATE_DIR, atomic_write_json
+from ..workspace import STATE_DIR
 from .base import Agent, AgentContext
+from .cli import Usage, one_sentence
+from .pricing import estimate_cost
 
 DEFAULT_MODEL = "claude-sonnet-4-6"
 DEFAULT_MAX_TURNS = 25
 MAX_TOKENS = 8192
 READ_LIMIT = 200_000  # characters returned by read_file; train.py is ~30 KB
-
-# USD per million tokens (input, output), by model family; matched by substring, first hit wins.
-# Cache reads cost 0.1x and cache writes 1.25x the input price. Source: Anthropic's public price list.
-PRICES = (
-    ("claude-3-opus", 15.0, 75.0), ("opus-4-0", 15.0, 75.0), ("opus-4-1", 15.0, 75.0), ("opus-4-2025", 15.0, 75.0),
-    ("opus", 5.0, 25.0),  # Opus 4.5 and later
-    ("sonnet", 3.0, 15.0),
-    ("haiku-4", 1.0, 5.0), ("3-5-haiku", 0.8, 4.0), ("haiku", 0.25, 1.25),
-)
 
 SYSTEM = ("You are the research agent of autoresearch. You improve a small GPT pretraining script, train.py, "
           "one experiment at a time. You can only read workspace files and edit train.py through the tools; "
@@ -80,25 +75,6 @@ class AnthropicAgent(Agent):
 
     def describe(self) -> str:
         return f"anthropic ({self.model})"
-
-
-def price(model: str) -> tuple[float, float] | None:
-    m = model.lower()
-    for family, inp, out in PRICES:
-        if family in m:
-            return inp, out
-    return None
-
-
-def estimate_cost(model: str, input_tokens: int, output_tokens: int, cache_write: int = 0,
-                  cache_read: int = 0) -> float | None:
-    """USD for one run; None for a model the price table does not know."""
-    p = price(model)
-    if p is None:
-        return None
-    inp, out = p
-    return round((input_tokens * inp + cache_write * inp * 1.25 + cache_read * inp * 0.1
-                  + output_tokens * out) / 1e6, 6)
 
 
 # --- tools -------------------------------------------------------------------------------------
@@ -194,10 +170,20 @@ class Redactor:
     def __init__(self, secret: str | None):
         self.secret = secret if secret and len(secret) >= 8 else None
 
+    def redact(self, text: str) -> str:
+        return text.replace(self.secret, "***") if self.secret else text
+
     def __call__(self, text: str, err: bool = False) -> None:
-        if self.secret:
-            text = text.replace(self.secret, "***")
+        text = self.redact(text)
         print(text, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def _api_message(e) -> str:
+    """The API's own error message (the SDK's str() is `Error code: 429 - {...}`)."""
+    body = getattr(e, "body", None)
+    if isinstance(body, dict) and isinstance(body.get("error"), dict) and body["error"].get("message"):
+        return _short(body["error"]["message"])
+    return _short(getattr(e, "message", e))
 
 
 def _short(value, limit: int = 200) -> str:
@@ -219,17 +205,23 @@ def run(model: str, max_turns: int) -> int:
     # train.py goes into the first message: it saves the model a round trip it would always make.
     first = f"{prompt.rstrip()}\n\n## Current train.py\n\n```python\n{train_text}\n```\n"
     messages: list[dict] = [{"role": "user", "content": first}]
-    usage_path = os.environ.get("AUTORESEARCH_USAGE_FILE")
     totals = {"input": 0, "output": 0, "cache_write": 0, "cache_read": 0}
+    usage = Usage(model=model, input_tokens=0, output_tokens=0, turns=0)
 
     def record(turns: int) -> None:
-        if not usage_path:
-            return
-        atomic_write_json(Path(usage_path), {
-            "model": model, "input_tokens": totals["input"] + totals["cache_write"] + totals["cache_read"],
-            "output_tokens": totals["output"], "cost_usd": estimate_cost(model, totals["input"], totals["output"],
-                                                                       totals["cache_write"], totals["cache_read"]),
-            "turns": turns})
+        usage.input_tokens = totals["input"] + totals["cache_write"] + totals["cache_read"]
+        usage.output_tokens = totals["output"]
+        usage.cost_usd = estimate_cost(model, totals["input"], totals["output"], totals["cache_write"],
+                                       totals["cache_read"])
+        usage.cost_estimated = usage.cost_usd is not None
+        usage.turns = turns
+        usage.write()
+
+    def fail(kind: str, message: str) -> int:
+        usage.error, usage.error_kind = one_sentence(say.redact(message)), kind
+        usage.write()
+        say(f"anthropic agent: {usage.error}", err=True)
+        return 1
 
     client = anthropic.Anthropic(max_retries=3, timeout=300.0)
     nudged = False
@@ -239,18 +231,18 @@ def run(model: str, max_turns: int) -> int:
             resp = client.messages.create(model=model, max_tokens=MAX_TOKENS, system=SYSTEM, tools=TOOLS,
                                           messages=messages)
         except anthropic.AuthenticationError:
-            say("anthropic agent: the API rejected ANTHROPIC_API_KEY (401); check the key.", err=True)
-            return 1
+            return fail("auth", "the API rejected ANTHROPIC_API_KEY (401); check the key")
+        except anthropic.PermissionDeniedError as e:
+            return fail("auth", f"the API refused this key (403): {_api_message(e)}")
+        except anthropic.RateLimitError as e:
+            return fail("rate_limit", f"the API is rate limiting this key (429): {_api_message(e)}")
         except anthropic.NotFoundError:
-            say(f"anthropic agent: model {model!r} was not found; pass a valid --model.", err=True)
-            return 1
+            return fail("other", f"model {model!r} was not found; pass a valid --model")
         except anthropic.APIConnectionError:
-            say("anthropic agent: cannot reach the Anthropic API (connection failed); check the network "
-                "or ANTHROPIC_BASE_URL.", err=True)
-            return 1
+            return fail("network", "cannot reach the Anthropic API (connection failed); check the network "
+                                   "or ANTHROPIC_BASE_URL")
         except anthropic.APIStatusError as e:
-            say(f"anthropic agent: the API answered HTTP {e.status_code}: {_short(e.message)}", err=True)
-            return 1
+            return fail("other", f"the API answered HTTP {e.status_code}: {_api_message(e)}")
         u = resp.usage
         totals["input"] += int(getattr(u, "input_tokens", 0) or 0)
         totals["output"] += int(getattr(u, "output_tokens", 0) or 0)
@@ -292,14 +284,12 @@ def run(model: str, max_turns: int) -> int:
 
     description = tools.description
     if description is None and tools.edited:
-        from .claude import description_from_text
         description = description_from_text(last_text)
     proposal = os.environ.get("AUTORESEARCH_PROPOSAL_FILE")
     if description and proposal:
         Path(proposal).write_text(description[:300] + "\n", encoding="utf-8")
     if not tools.edited:
-        say("anthropic agent: no change was made to train.py.", err=True)
-        return 1
+        return fail("other", "no change was made to train.py")
     say(f"proposal: {description or '(no description)'}")
     return 0
 

@@ -17,7 +17,9 @@ class AgentContext:
     prompt: str
     prompt_file: Path  # AUTORESEARCH_PROMPT_FILE: the prompt, already written by the engine
     proposal_file: Path  # AUTORESEARCH_PROPOSAL_FILE: where the agent may write its one-line description
-    usage_file: Path  # AUTORESEARCH_USAGE_FILE: where the agent may write {"model", "input_tokens", ...}
+    # AUTORESEARCH_USAGE_FILE: where the agent may write its usage as JSON (see core.agents.cli.Usage):
+    # {"model", "input_tokens", "output_tokens", "cost_usd", "cost_estimated", "turns", "error", "error_kind"}
+    usage_file: Path
     log_file: Path  # experiments/NNNN/agent.log (the runner streams the subprocess output there)
     timeout: float
     extra: dict = field(default_factory=dict)
@@ -27,9 +29,12 @@ class Agent:
     """An agent proposes one change to train.py by running as a subprocess in the workspace."""
 
     name: str = "agent"
+    # how the description reaches the engine: "file" ($AUTORESEARCH_PROPOSAL_FILE) or "final_message" (a CLI
+    # that may write train.py only; its wrapper takes the `DESCRIPTION:` line of its final message)
+    hand_in: str = "file"
 
     def command(self, ctx: AgentContext) -> list[str]:
-        """argv of the subprocess (cwd = workspace)."""
+        """argv of the subprocess (cwd = the agent's checkout: the workspace, or its worktree)."""
         raise NotImplementedError
 
     def env(self, ctx: AgentContext) -> dict[str, str]:

@@ -1,66 +1,70 @@
-"""claude: the Claude Code CLI run non-interactively with edit tools only, its stream JSON post-processed.
+"""claude: the Claude Code CLI run non-interactively, confined by its own permission system to reading its cwd and editing train.py.
 
-Usage (the engine runs it with cwd = workspace):
+Usage (the engine runs it with cwd = the agent's checkout, a workspace or a worktree):
   python -m core.agents.claude --run [--model M] [--max-turns N]
 
-The wrapper starts `claude -p PROMPT --output-format stream-json --verbose --permission-mode acceptEdits
---allowedTools Read,Edit,Write,Glob,Grep ...`, copies every stream line to its stdout (the engine's
-agent.log), and afterwards writes the usage/cost of the final `result` message to
-$AUTORESEARCH_USAGE_FILE and, when the agent did not write $AUTORESEARCH_PROPOSAL_FILE itself, the
-description taken from the agent's final message. No `--dangerously-skip-permissions`: acceptEdits with
-an allow-list works as root too, and the agent never gets a shell.
+The wrapper starts (prompt on stdin, see docs/agents.md for why each flag is there)
+  claude -p --output-format stream-json --verbose --tools Read,Edit,Write,Glob,Grep
+         --permission-mode dontAsk --allowedTools Edit(./train.py) --setting-sources "" --strict-mcp-config
+         --disable-slash-commands --no-session-persistence --max-turns N [--model M]
+with CLAUDE_CONFIG_DIR pointed at a fresh folder that is removed afterwards. dontAsk denies every tool
+call no rule allows: reads outside the cwd, writes to anything but train.py. Every stream line is copied
+to stdout (agent.log). An authentication error ends the CLI at once (Claude Code would retry it for
+minutes). The result event gives tokens, cost and the final message (the description).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
-import subprocess
 import sys
-from pathlib import Path
-from typing import Callable, Iterable
 
-from ..errors import UserError
-from ..workspace import atomic_write_json
-from .base import Agent, AgentContext
+from ..description import from_text as description_from_text
+from .cli import (
+    AgentError,
+    CliAgent,
+    Stop,
+    Usage,
+    check_version,
+    child_env,
+    cli_version,
+    find_binary,
+    private_home,
+    read_prompt,
+    run_wrapper,
+    stream_json,
+    write_proposal,
+)
 
-ALLOWED_TOOLS = "Read,Edit,Write,Glob,Grep"
-# Listed explicitly so that a permissive user settings file cannot hand the agent a shell or the web.
-DISALLOWED_TOOLS = "Bash,WebFetch,WebSearch,NotebookEdit,Task"
+PACKAGE = "@anthropic-ai/claude-code"
+TESTED_VERSION = "2.1.328"
+LOWEST_VERSION = (2, 1, 0)  # --tools, dontAsk, --setting-sources and the api_retry event
+BELOW_VERSION = (2, 2, 0)
+INSTALL = f"npm install -g {PACKAGE}@{TESTED_VERSION}"
+TOOLS = "Read,Edit,Write,Glob,Grep"  # the only built-in tools the CLI offers the model
+ALLOW = "Edit(./train.py)"  # Edit rules cover Write too; relative to the cwd, so a worktree works the same
 DEFAULT_MAX_TURNS = 40
-MISSING = "the claude CLI is not on PATH; install Claude Code or use --agent anthropic|mutate."
+MISSING = (f"the claude CLI is not on PATH; install Claude Code ({INSTALL}) or use --agent anthropic|mutate.")
+# Credentials a run with a private config folder can use (a `claude login` session lives in ~/.claude).
+AUTH_HINT = ("export ANTHROPIC_API_KEY, or run `claude setup-token` and export CLAUDE_CODE_OAUTH_TOKEN "
+             "(autoresearch runs Claude Code with a private config folder, so a `claude login` session is not used)")
 
-
-class CliAgent(Agent):
-    """An agent that is a vendor CLI, run through this package's wrapper module (`python -m MODULE --run`)."""
-
-    module = ""
-    missing = ""
-
-    def __init__(self, config: dict):
-        if not shutil.which(self.name):
-            raise UserError(self.missing)
-        self.model = config.get("model") or None
-
-    def wrapper_args(self) -> list[str]:
-        return []
-
-    def command(self, ctx: AgentContext) -> list[str]:
-        argv = [sys.executable, "-m", self.module, "--run", *self.wrapper_args()]
-        if self.model:
-            argv += ["--model", self.model]
-        return argv
-
-    def describe(self) -> str:
-        return f"{self.name} ({self.model})" if self.model else self.name
+# Environment of the CLI: no memory, no CLAUDE.md, no background work, no traffic but the model API.
+ENV = {
+    "CLAUDE_CODE_DISABLE_AUTO_MEMORY": "1",
+    "CLAUDE_CODE_DISABLE_CLAUDE_MDS": "1",
+    "CLAUDE_CODE_DISABLE_CRON": "1",
+    "CLAUDE_CODE_DISABLE_BACKGROUND_TASKS": "1",
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    "DISABLE_AUTOUPDATER": "1",
+    "DISABLE_TELEMETRY": "1",
+}
 
 
 class ClaudeAgent(CliAgent):
     """Claude Code CLI agent."""
 
     name = "claude"
+    binary = "claude"
     module = "core.agents.claude"
     missing = MISSING
 
@@ -72,140 +76,103 @@ class ClaudeAgent(CliAgent):
         return ["--max-turns", str(self.max_turns)]
 
 
-ARG_LIMIT = 100_000  # Linux refuses a single argv string over 128 KiB; longer prompts go through stdin
-
-
-def claude_argv(binary: str, prompt: str | None, model: str | None, max_turns: int) -> list[str]:
-    """The CLI call; prompt None means `claude -p` reads it from stdin."""
-    argv = [binary, "-p"] + ([prompt] if prompt is not None else []) + ["--output-format", "stream-json", "--verbose",
-            "--permission-mode", "acceptEdits", "--allowedTools", ALLOWED_TOOLS,
-            "--disallowedTools", DISALLOWED_TOOLS, "--max-turns", str(max_turns)]
+def claude_argv(binary: str, model: str | None, max_turns: int) -> list[str]:
+    """The CLI call; the prompt goes to its stdin."""
+    argv = [binary, "-p", "--output-format", "stream-json", "--verbose",
+            "--tools", TOOLS, "--permission-mode", "dontAsk", "--allowedTools", ALLOW,
+            "--setting-sources", "", "--strict-mcp-config", "--disable-slash-commands",
+            "--no-session-persistence", "--max-turns", str(max_turns)]
     if model:
         argv += ["--model", model]
     return argv
 
 
-# --- helpers shared with the codex wrapper -----------------------------------------------------
-
-def prompt_with_paths(prompt: str, workspace: Path) -> str:
-    """The engine's prompt plus the concrete proposal path (a CLI agent cannot expand $VARIABLES)."""
-    proposal = os.environ.get("AUTORESEARCH_PROPOSAL_FILE")
-    if not proposal:
-        return prompt
-    try:
-        shown = str(Path(proposal).resolve().relative_to(workspace.resolve()))
-    except ValueError:
-        shown = proposal
-    return (prompt.rstrip() + "\n\nAUTORESEARCH_PROPOSAL_FILE is `" + shown + "`: write your one-line "
-            "description there. If you cannot, end your final message with `DESCRIPTION: <one line>`.\n")
-
-
-def read_prompt() -> str:
-    path = os.environ.get("AUTORESEARCH_PROMPT_FILE")
-    if not path:
-        raise UserError("AUTORESEARCH_PROMPT_FILE is not set; this wrapper is run by `autoresearch loop`.")
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise UserError(f"cannot read the prompt file {path} ({e.strerror}).") from None
-
-
-def description_from_text(text: str) -> str | None:
-    """`DESCRIPTION: ...` from the agent's final message, else its last non-empty line."""
-    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        low = ln.lstrip("*_`# ").lower()
-        if low.startswith("description:"):
-            return ln.split(":", 1)[1].strip(" *_`") or None
-    return lines[-1].strip("*_` ") if lines else None
+def classify(result: dict, assistant_error: dict | None) -> AgentError:
+    """The error of an is_error result, as one sentence of the CLI's own message and its kind."""
+    message = result.get("result") if isinstance(result.get("result"), str) else ""
+    status = result.get("api_error_status")
+    code = str(result.get("api_error") or (assistant_error or {}).get("error") or "")
+    etype = str(result.get("api_error_type") or "")
+    subtype = str(result.get("subtype") or "")
+    if subtype.startswith("error_max_turns"):
+        return AgentError("other", f"Claude Code stopped after {result.get('num_turns')} turns without finishing "
+                                   "(error_max_turns); raise --max-turns or simplify program.md")
+    if subtype.startswith("error") and not message:
+        message = ", ".join(str(e) for e in result.get("errors") or []) or subtype
+    if "not logged in" in message.lower():
+        return AgentError("auth", f"Claude Code is not logged in ({message}): {AUTH_HINT}")
+    if status in (401, 403) or code == "authentication_failed" or "authentication" in etype:
+        return AgentError("auth", f"the API rejected the credentials ({message or code}); {AUTH_HINT}")
+    if status == 429 or code == "rate_limit" or "rate_limit" in etype:
+        return AgentError("rate_limit", f"the API is rate limiting this key ({message or code}); wait, or "
+                                        "lower the request rate (fewer parallel engines)")
+    if code == "connection_failed" or (status is None and ("connect" in message.lower()
+                                                          or "ENOTFOUND" in message or "ETIMEDOUT" in message)):
+        return AgentError("network", f"cannot reach the model API ({message or code}); check the network, "
+                                     "a proxy, or ANTHROPIC_BASE_URL")
+    return AgentError("other", f"Claude Code ended with an error: {message or code or subtype or 'unknown'}")
 
 
-def finish(description: str | None, usage: dict | None) -> None:
-    """Write the usage file, and the proposal file unless the agent already wrote a non-empty one."""
-    usage_path = os.environ.get("AUTORESEARCH_USAGE_FILE")
-    if usage_path and usage:
-        atomic_write_json(Path(usage_path), usage)
-    proposal = os.environ.get("AUTORESEARCH_PROPOSAL_FILE")
-    if proposal and description:
-        p = Path(proposal)
-        try:
-            existing = p.read_text(encoding="utf-8").strip()
-        except OSError:
-            existing = ""
-        if not existing:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_text(" ".join(description.split())[:300] + "\n", encoding="utf-8")
-
-
-def stream_json(argv: list[str], on_event: Callable[[dict], None], stdin_text: str | None = None) -> int:
-    """Run argv, copy its stdout line by line to ours as it arrives, and hand each JSON line to on_event.
-
-    stderr is inherited (it lands in agent.log beside stdout). The engine kills our whole process group
-    on timeout/abort, which takes the child with us.
-    """
-    try:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE,
-                                stdin=subprocess.PIPE if stdin_text else subprocess.DEVNULL)
-    except OSError as e:
-        raise UserError(f"cannot start {argv[0]} ({e.strerror}); check that the CLI is installed and executable.") from None
-    if stdin_text:
-        proc.stdin.write(stdin_text.encode("utf-8"))
-        proc.stdin.close()
-    out = sys.stdout.buffer
-    for raw in _lines(proc.stdout):
-        out.write(raw)
-        out.flush()
-        try:
-            event = json.loads(raw)
-        except ValueError:
-            continue
-        if isinstance(event, dict):
-            on_event(event)
-    return proc.wait()
-
-
-def _lines(stream) -> Iterable[bytes]:
-    for raw in iter(stream.readline, b""):
-        yield raw if raw.endswith(b"\n") else raw + b"\n"
-
-
-# --- the wrapper process -----------------------------------------------------------------------
-
-def run(model: str | None, max_turns: int) -> int:
-    binary = shutil.which("claude")
+def run(usage: Usage, model: str | None, max_turns: int) -> None:
+    binary = find_binary("claude")
     if not binary:
-        raise UserError(MISSING)
-    prompt = prompt_with_paths(read_prompt(), Path.cwd())
-    state: dict = {"result": None, "model": model, "texts": []}
+        raise AgentError("other", MISSING)
+    check_version("Claude Code", cli_version(binary), LOWEST_VERSION, BELOW_VERSION, INSTALL)
+    prompt = read_prompt()  # the engine worded the hand-in for this agent (Agent.hand_in)
+    usage.model = model
+    state: dict = {"result": None, "texts": [], "api_error": None}
 
     def on_event(ev: dict) -> None:
-        kind = ev.get("type")
-        if kind == "system" and ev.get("subtype") == "init" and ev.get("model"):
-            state["model"] = ev["model"]
+        kind, sub = ev.get("type"), ev.get("subtype")
+        if kind == "system" and sub == "init":
+            usage.model = ev.get("model") or usage.model
+            usage.extra["tools"] = ev.get("tools")
+            usage.extra["memory_paths"] = ev.get("memory_paths")
+        elif kind == "system" and sub == "api_retry":
+            # Claude Code retries a rejected key for minutes; a wrong key does not become right meanwhile.
+            if ev.get("error_status") in (401, 403) or ev.get("error") == "authentication_failed":
+                raise Stop(AgentError("auth", f"the API rejected the credentials (HTTP {ev.get('error_status')}, "
+                                              f"{ev.get('error')}); {AUTH_HINT}"))
         elif kind == "assistant":
+            if ev.get("is_api_error_message") or ev.get("error"):
+                state["api_error"] = ev
             for block in (ev.get("message") or {}).get("content") or []:
                 if isinstance(block, dict) and block.get("type") == "text":
                     state["texts"].append(block.get("text") or "")
         elif kind == "result":
             state["result"] = ev
 
-    via_stdin = len(prompt.encode("utf-8")) > ARG_LIMIT
-    rc = stream_json(claude_argv(binary, None if via_stdin else prompt, model, max_turns), on_event,
-                     stdin_text=prompt if via_stdin else None)
-    result = state["result"] or {}
-    usage = result.get("usage") or {}
-    input_tokens = sum(int(usage.get(k) or 0) for k in
-                       ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
-    record = {"model": state["model"], "input_tokens": input_tokens,
-              "output_tokens": int(usage.get("output_tokens") or 0),
-              "cost_usd": result.get("total_cost_usd", result.get("cost_usd")),
-              "turns": result.get("num_turns")}
-    final_text = result.get("result") if isinstance(result.get("result"), str) else "\n".join(state["texts"])
-    finish(description_from_text(final_text), record if result else None)
+    with private_home("claude-home-") as home:
+        env = child_env({**ENV, "CLAUDE_CONFIG_DIR": str(home), "TMPDIR": str(home / "tmp"),
+                         "CLAUDE_CODE_TMPDIR": str(home / "tmp")})
+        rc = stream_json(claude_argv(binary, model, max_turns), on_event, stdin_text=prompt, env=env)
+    result = state["result"]
+    if result is None:
+        raise AgentError("other", f"Claude Code exited with code {rc} without a result (see agent.log)")
+    fill_usage(usage, result)
     if result.get("is_error"):
-        print(f"claude: the run ended with an error ({result.get('subtype') or 'error'}).", file=sys.stderr)
-        return rc or 1
-    return rc
+        raise classify(result, state["api_error"])
+    if rc != 0:
+        raise AgentError("other", f"Claude Code exited with code {rc} (see agent.log)")
+    final = result.get("result") if isinstance(result.get("result"), str) else "\n".join(state["texts"])
+    write_proposal(description_from_text(final))
+
+
+def fill_usage(usage: Usage, result: dict) -> None:
+    u = result.get("usage") or {}
+    cached = int(u.get("cache_read_input_tokens") or 0)
+    written = int(u.get("cache_creation_input_tokens") or 0)
+    usage.input_tokens = int(u.get("input_tokens") or 0) + cached + written
+    usage.output_tokens = int(u.get("output_tokens") or 0)
+    usage.cost_usd = result.get("total_cost_usd", result.get("cost_usd"))
+    usage.cost_estimated = False  # Claude Code's own figure
+    usage.turns = result.get("num_turns")
+    usage.extra.update(cache_read_tokens=cached, cache_write_tokens=written,
+                       permission_denials=len(result.get("permission_denials") or []))
+    models = result.get("modelUsage") or {}
+    if isinstance(models, dict) and models:
+        # the model that did the work: the one with the most output tokens
+        usage.model = max(models, key=lambda m: (models[m] or {}).get("outputTokens") or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,11 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.run:
         p.print_help()
         return 2
-    try:
-        return run(args.model, args.max_turns)
-    except UserError as e:
-        print(f"claude agent: {e}", file=sys.stderr)
-        return 1
+    return run_wrapper("claude agent", lambda usage: run(usage, args.model, max(1, args.max_turns)))
 
 
 if __name__ == "__main__":

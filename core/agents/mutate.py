@@ -293,7 +293,7 @@ def choose(cands: list[Change], history: list[Tried], seed: str, salt: str) -> C
     return rng.choices(fresh, weights=weights, k=1)[0]
 
 
-def propose(root: Path, seed: str = "0") -> tuple[str, Change]:
+def propose(root: Path, seed: str = "0", history_root: Path | None = None, salt_extra: str = "") -> tuple[str, Change]:
     """The new train.py text and the change, for the workspace at root (nothing is written)."""
     train = root / "train.py"
     try:
@@ -308,8 +308,9 @@ def propose(root: Path, seed: str = "0") -> tuple[str, Change]:
     if not consts:
         raise MutateError("train.py has none of the constants mutate knows (" + ", ".join(SPECS) + ")")
     seq_len = _int(pyconst.read_one(root / "constants.py", "MAX_SEQ_LEN")) or _int(consts_all.get("MAX_SEQ_LEN"))
-    history = read_history(root)
-    salt = hashlib.sha256(source.encode("utf-8")).hexdigest()
+    history = read_history(history_root or root)
+    # the experiment id in the salt: two proposals made at once from the same history choose differently
+    salt = hashlib.sha256((source + salt_extra).encode("utf-8")).hexdigest()
     change = choose(candidates(consts, seq_len), history, seed, salt)
     return pyconst.replace(source, consts[change.name], change.new_text), change
 
@@ -334,10 +335,12 @@ class MutateAgent(Agent):
 
 
 def main(argv: list[str] | None = None) -> int:
-    root = Path.cwd()
+    root = Path.cwd()  # the proposal's worktree
     seed = os.environ.get("AUTORESEARCH_MUTATE_SEED", "0")
+    workspace = os.environ.get("AUTORESEARCH_WORKSPACE")  # results.tsv and experiments/ live there
     try:
-        new_source, change = propose(root, seed)
+        new_source, change = propose(root, seed, Path(workspace) if workspace else None,
+                                     os.environ.get("AUTORESEARCH_EXPERIMENT", ""))
     except MutateError as e:
         print(f"mutate: {e}", file=sys.stderr)
         return 2

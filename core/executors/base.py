@@ -34,8 +34,7 @@ class RunSpec:
     """Everything one run needs, as data: an executor on another machine gets exactly this."""
 
     exp_id: str
-    train_py: str  # the train.py to run (what its commit holds)
-    workspace: Path  # the engine's workspace: its prepare.py and constants.py are the trusted ones
+    files: dict[str, str]  # train.py (what its commit holds) + the workspace's trusted prepare.py, constants.py
     logs: tuple[Path, ...]  # where the output streams (experiments/NNNN/train.log, run.log)
     metrics_out: Path  # where the trusted metrics are copied (experiments/NNNN/metrics.json)
     timeout: float  # hard wall-clock limit of the whole run
