@@ -296,8 +296,30 @@ def test_stateful_and_custom_op_models_are_refused(prep, tmp_path):
     V = tok.get_vocab_size()
     x = torch.randint(0, V, (2, prep.MAX_SEQ_LEN))
     path = prep.export_model(Counter(V), x, tmp_path / "counter.pt2")
-    with pytest.raises(prep.PrepareError, match="forward changes buffers or its input"):
+    with pytest.raises(prep.PrepareError, match=r"forward changes a tensor in place \(aten.add_.Tensor\)"):
         prep.load_model(path)
+
+    class Random(Plain):
+        """Random logits would widen the probe's noise tolerance enough to hide a leak."""
+
+        def forward(self, idx):
+            e = self.emb(idx)
+            return e + torch.randn_like(e)
+
+    path = prep.export_model(Random(V), x, tmp_path / "random.pt2")
+    with pytest.raises(prep.PrepareError, match=r"forward draws random numbers \(aten.randn"):
+        prep.load_model(path)
+
+    class EvalDropout(Plain):
+        def __init__(self, vocab):
+            super().__init__(vocab)
+            self.drop = nn.Dropout(0.1)
+
+        def forward(self, idx):
+            return self.drop(self.emb(idx))
+
+    path = prep.export_model(EvalDropout(V), x, tmp_path / "dropout.pt2")
+    assert prep.load_model(path)[1] == 2  # dropout in eval mode is the identity: accepted
 
     @torch.library.custom_op("autoresearch_test::peek", mutates_args=())
     def peek(t: torch.Tensor) -> torch.Tensor:
