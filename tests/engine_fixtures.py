@@ -20,16 +20,16 @@ STARTUP_ALLOWANCE = 60  # seconds beyond TIME_BUDGET to hand over the model
 DATASET = "fake"  # the test cache holds an empty fake dataset
 '''
 
-# The fake keeps the real contract without a real model: hand_over writes report.json, then the "model" (a
-# JSON file saying which val_bpb it is worth) into $AUTORESEARCH_HANDOFF; `prepare.py --evaluate MODEL
-# --metrics OUT`, run by the engine from its trusted copy, turns it into the metrics
+# The fake keeps the real contract without a real model: evaluate() hands over like prepare.hand_over, writing
+# report.json, then the "model" (a JSON file saying which val_bpb it is worth) into $AUTORESEARCH_HANDOFF;
+# `prepare.py --evaluate MODEL --metrics OUT`, run by the engine from its trusted copy, turns it into the metrics
 FAKE_PREPARE = '''"""Fake prepare.py: the hand-over of a fake model and the evaluator that scores it."""
 import json
 import os
 import sys
 
 
-def hand_over(val_bpb, peak_vram_mb):
+def evaluate(val_bpb, peak_vram_mb):
     folder = os.environ.get("AUTORESEARCH_HANDOFF")
     if not folder:
         return val_bpb
@@ -55,7 +55,7 @@ import subprocess
 import sys
 import time
 
-from prepare import hand_over
+from prepare import evaluate
 
 QUALITY = 1.0  # the val_bpb this run reports
 MODE = "ok"  # ok | crash | fakeprint | spawn
@@ -104,7 +104,7 @@ if MODE == "fakeprint":
     sys.exit(0)
 if MODE == "spawn":
     time.sleep(600)
-hand_over(QUALITY, 2048.0)
+evaluate(QUALITY, 2048.0)
 print("handed over", flush=True)
 '''
 

@@ -190,7 +190,7 @@ def test_trainer_environment_is_allow_listed_with_a_per_run_home(tmp_path, monke
 
 
 def test_over_budget_is_measured_outside_the_trainer(tmp_path):
-    slow = FAKE_TRAIN.replace("hand_over(QUALITY, 2048.0)", "time.sleep(30)\nhand_over(QUALITY, 2048.0)")
+    slow = FAKE_TRAIN.replace("evaluate(QUALITY, 2048.0)", "time.sleep(30)\nevaluate(QUALITY, 2048.0)")
     d = _trainer_dir(tmp_path, slow)
     (d / "constants.py").write_text("TIME_BUDGET = 1\nSTARTUP_ALLOWANCE = 2\n")
     t0 = time.monotonic()
