@@ -7,6 +7,8 @@ Usage:
   autoresearch loop [--tag T] [--agent A] [--max N] [--gpus 0,1|all] [--slots N] [--lookahead K] [--detach]
   autoresearch status [--json]
   autoresearch pause | resume | abort [--id NNNN] | stop
+  autoresearch keep NNNN | revert                     a person's decision overrules the engine's
+  autoresearch noise [--runs K]                       measure sigma of val_bpb on this setting
   autoresearch idea "TEXT"
   autoresearch results [--kept-only] [--json]
   autoresearch plot [-o FILE]
@@ -70,6 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--executor", default=None, help="where runs execute: local (default) or ray")
     lp.add_argument("--ray-address", default=None, help="the Ray cluster for --executor ray (default: what Ray "
                     "finds, e.g. RAY_ADDRESS)")
+    lp.add_argument("--decide", default=None, help="noise (default once sigma is measured: keep only gains beyond "
+                    "z*sigma) or plain (upstream's rule: any gain)")
+    lp.add_argument("--z", type=float, default=None, help="the keep bar in units of sigma (default 2)")
+    lp.add_argument("--noise-runs", type=int, default=None, help="extra runs of the baseline to measure sigma "
+                    "(default per profile, 3; 0 turns the noise rule off)")
+    lp.add_argument("--confirm", default=None, help="wins (default: every win is re-run once before it is kept) "
+                    "or borderline (only wins inside the noise band)")
+    lp.add_argument("--early-stop", default=None, choices=("on", "off"), help="stop clear losers against the best "
+                    "run's loss curve (default on)")
+    lp.add_argument("--max-cost", type=float, default=None, help="pause when the agent has spent this many USD")
     lp.add_argument("--detach", action="store_true", help="run in the background, detached from this terminal")
 
     st = sub.add_parser("status", help="engine status")
@@ -82,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_)
         if name == "abort":
             c.add_argument("--id", default=None, help="abort only experiment NNNN; the others go on")
+
+    k = sub.add_parser("keep", help="keep a discarded experiment (trained on the current best first if needed)")
+    k.add_argument("id", help="the experiment, e.g. 0007")
+    sub.add_parser("revert", help="undo the last keep: the branch goes back to the best before it")
+    n = sub.add_parser("noise", help="measure the noise floor (sigma of val_bpb) with more runs of the best")
+    n.add_argument("--runs", type=int, default=None, help="how many runs (default per profile, 3)")
 
     i = sub.add_parser("idea", help="queue an idea for the agent's next proposal")
     i.add_argument("text", nargs="+")
@@ -101,13 +119,16 @@ def dispatch(args: argparse.Namespace) -> int:
 
     ws = Workspace.at(args.workspace)
     cmd = args.command
+    if cmd not in (None, "check") and not ws.root.is_dir():
+        what = "does not exist" if not ws.root.exists() else "is not a folder"
+        raise UserError(f"workspace folder {ws.root} {what}; pass an existing workspace with -C (or cd into one).")
     if cmd == "check":
         from .hardware import cmd_check
         return cmd_check(args)
     if cmd == "setup":
         from .setup import cmd_setup
         return cmd_setup(ws, args)
-    if cmd in ("run", "loop", "status", "pause", "resume", "abort", "stop", "idea"):
+    if cmd in ("run", "loop", "status", "pause", "resume", "abort", "stop", "idea", "keep", "revert", "noise"):
         from . import commands
         return getattr(commands, f"cmd_{cmd}")(ws, args)
     if cmd == "results":

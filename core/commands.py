@@ -17,6 +17,7 @@ from . import control, events, ledger
 from .errors import UserError
 from .lock import lock_held, lock_holder_pid
 from .pyconst import read_one as read_constant
+from .report import printable
 from .status import EngineStatus, read_status, running_engine
 from .workspace import Workspace
 
@@ -60,6 +61,10 @@ def _preflight(ws: Workspace):
 
     if not ws.root.is_dir():
         raise UserError(f"workspace folder {ws.root} does not exist; pass an existing folder with -C.")
+    if not ws.train_py.is_file():
+        raise UserError(f"there is no train.py in {ws.root}: this is not a workspace; create one with `autoresearch-tui "
+                        "--demo` or copy the project's trainer files (program.md, constants.py, prepare.py, train.py) "
+                        "here and run `autoresearch setup`.")
     rat = Ratchet(ws.root)
     check_head(rat)
     if lock_held(ws):
@@ -155,10 +160,21 @@ def status_text(ws: Workspace, st: EngineStatus) -> str:
     else:
         last = f" (last: {st.message})" if st.message else ""
         lines.append(f"engine: stopped{last}")
-    cur = st.current() if st.alive else None
     now = time.time()
+    many = st.alive and (len(st.slots) > 1 or len(st.proposals) > 1 or any(s.node for s in st.slots))
+    cur = st.current() if st.alive and not many else None
+    if many:  # one line per slot, then the proposals in flight
+        for s in st.slots:
+            where = s.label + (f" on {s.node}" if s.node and s.node not in s.label else "")
+            if s.experiment:
+                t = (f", training for {_ago(now - s.training_started_at)}" if s.training_started_at else "")
+                lines.append(f"slot {where}: {s.experiment} {s.phase}{t}: {printable(s.description) or '(no description)'}")
+            else:
+                lines.append(f"slot {where}: free")
+        for p in st.proposals:
+            lines.append(f"proposal {p.id}: {p.state}" + (f": {printable(p.description)}" if p.description else ""))
     if cur:
-        line = f"experiment {cur.id}: {cur.description or '(proposing)'}"
+        line = f"experiment {cur.id}: {printable(cur.description) or '(proposing)'}"
         if cur.training_started_at:
             line += f", training for {_ago(now - cur.training_started_at)}"
             if cur.time_budget:
@@ -175,6 +191,14 @@ def status_text(ws: Workspace, st: EngineStatus) -> str:
         lines.append(line)
     elif led.best:
         lines.append(f"best in results.tsv: val_bpb {led.best.val_bpb:.6f} ({led.best.commit})")
+    extra = st.extra if st.alive else {}
+    if isinstance(extra.get("noise"), dict) and extra["noise"].get("text"):
+        lines.append(f"decisions: {extra['noise'].get('rule', 'noise')} rule, {printable(str(extra['noise']['text']))}")
+    from .meta import spending
+    from .report import spending_line
+    line = spending_line(spending(ws.experiments_dir), len(led.rows))
+    if line:
+        lines.append(line)
     rows = led.rows
     kept = sum(r.status == "keep" for r in rows)
     crashed = sum(r.status == "crash" for r in rows)
@@ -188,6 +212,9 @@ def status_text(ws: Workspace, st: EngineStatus) -> str:
 
 def cmd_status(ws: Workspace, args) -> int:
     """autoresearch status [--json]: engine state (a snapshot left by a dead engine reads as stopped)."""
+    if not (ws.has_state() or ws.results_tsv.is_file() or ws.train_py.is_file()):
+        raise UserError(f"{ws.root} is not an autoresearch workspace (no .autoresearch/, results.tsv or train.py); "
+                        "run this inside one or pass it with -C.")
     st = read_status(ws)
     if getattr(args, "json", False):
         print(json.dumps({**st.to_json(), "alive": st.alive}, indent=2, sort_keys=True))
@@ -235,6 +262,65 @@ def cmd_abort(ws: Workspace, args) -> int:
 
 def cmd_stop(ws: Workspace, args) -> int:
     return _send(ws, "stop", "stop requested: the engine exits after the current experiment.")
+
+
+def _live(ws: Workspace, what: str) -> EngineStatus:
+    st = running_engine(ws)
+    if st is None:
+        raise UserError(f"no engine is running in {ws.root}; {what} is carried out by the engine: start it with "
+                        "`autoresearch loop --detach`, then run this again.")
+    return st
+
+
+def cmd_keep(ws: Workspace, args) -> int:
+    """autoresearch keep NNNN: a person keeps a discarded experiment."""
+    exp_id = str(args.id).strip()
+    if not exp_id.isdigit():
+        raise UserError(f"{exp_id!r} is not an experiment id; give its number, e.g. autoresearch keep 0007.")
+    exp_id = exp_id.zfill(4)
+    from .meta import read_meta
+    m = read_meta(ws.experiment_dir(exp_id))
+    if m is None:
+        raise UserError(f"there is no experiment {exp_id} in {ws.root}; see `autoresearch results`.")
+    if m.status != "discard" or m.val_bpb is None:
+        raise UserError(f"experiment {exp_id} is {m.status}, not a measured discard; only those can be kept.")
+    _live(ws, "a keep")
+    control.send(ws, "keep", exp_id=exp_id)
+    print(f"keep of {exp_id} requested: measured on the current best it is kept at once, otherwise its change is "
+          "trained on the best first (a confirmation run), then kept.")
+    return 0
+
+
+def cmd_revert(ws: Workspace, args) -> int:
+    """autoresearch revert: undo the last keep."""
+    st = _live(ws, "a revert")
+    control.send(ws, "revert")
+    best = f" ({st.best.commit[:7]}, val_bpb {st.best.val_bpb:.6f})" if st.best else ""
+    print(f"revert requested: the last kept experiment{best} is undone; the branch goes on with the best before it.")
+    return 0
+
+
+def cmd_noise(ws: Workspace, args) -> int:
+    """autoresearch noise [--runs K]: measure sigma now (a live engine queues the runs first in line)."""
+    runs = getattr(args, "runs", None)
+    if runs is not None and runs < 1:
+        raise UserError(f"--runs must be at least 1, not {runs}.")
+    if running_engine(ws) is not None:
+        if runs is not None:
+            print("note: the running engine measures with its own --noise-runs; --runs applies to a stopped one.")
+        control.send(ws, "noise")
+        print("noise measurement requested: the runs go first in the queue; the header shows sigma when done.")
+        return 0
+    cfg = config_mod.resolve(ws, None)
+    cfg.decide = "noise" if cfg.decide == "plain" else cfg.decide
+    cfg.noise_runs = runs if runs is not None else cfg.noise_runs
+    cfg.noise_only = True
+    _preflight(ws)
+    from .agents import make_agent
+    from .engine import Engine
+    from .executors import make_executor
+
+    return Engine(ws, cfg, agent=make_agent("mutate", {}), executor=make_executor(ws.root, cfg)).run()
 
 
 def cmd_idea(ws: Workspace, args) -> int:

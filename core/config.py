@@ -13,7 +13,8 @@ from .workspace import Workspace, atomic_write_json
 
 # saved to config.json, so a later `autoresearch loop` (or `s` in the TUI) restarts with the same options
 SAVED = ("tag", "agent", "agent_cmd", "model", "min_delta", "simplify_tolerance", "timeout", "agent_timeout",
-         "gpus", "slots", "lookahead", "agents", "executor", "ray_address")
+         "gpus", "slots", "lookahead", "agents", "executor", "ray_address", "decide", "z", "noise_runs", "confirm",
+         "early_stop", "max_cost")
 EXECUTORS = ("local", "ray")
 DEFAULT_AGENT_TIMEOUT = 900.0
 _TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -43,6 +44,13 @@ class LoopConfig:
     agents: int | None = None  # cap on agent processes at once; None: slots + lookahead
     executor: str = "local"  # local | ray
     ray_address: str | None = None
+    decide: str = "auto"  # auto (noise once sigma is known, else plain) | noise | plain (upstream's rule)
+    z: float = 2.0  # keep only a gain beyond z * sigma (and never less than min_delta)
+    noise_runs: int | None = None  # extra runs of the baseline for sigma; None: the profile's default; 0: off
+    confirm: str = "wins"  # wins: every win is re-run once before it is kept; borderline: only wins inside the band
+    early_stop: bool = True  # stop a run that is clearly losing against the best run's curve
+    max_cost: float | None = None  # pause when the agent's spending reaches this many USD
+    noise_only: bool = False  # `autoresearch noise`: measure sigma, then exit (not saved)
 
     def agent_config(self) -> dict:
         """What core.agents.make_agent gets."""
@@ -70,6 +78,18 @@ class LoopConfig:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 raise UserError(f"--{name} must be a whole number >= 1, not {v!r}.")
+        if self.decide not in ("auto", "noise", "plain"):
+            raise UserError(f"--decide must be noise or plain, not {self.decide!r}.")
+        if self.confirm not in ("wins", "borderline"):
+            raise UserError(f"--confirm must be wins or borderline, not {self.confirm!r}.")
+        if not isinstance(self.z, (int, float)) or isinstance(self.z, bool) or not math.isfinite(self.z) or self.z < 0:
+            raise UserError(f"--z must be a number >= 0, not {self.z!r}.")
+        if self.noise_runs is not None and (not isinstance(self.noise_runs, int) or isinstance(self.noise_runs, bool)
+                                            or self.noise_runs < 0):
+            raise UserError(f"--noise-runs must be a whole number >= 0, not {self.noise_runs!r}.")
+        if self.max_cost is not None and (not isinstance(self.max_cost, (int, float)) or isinstance(self.max_cost, bool)
+                                          or not math.isfinite(self.max_cost) or self.max_cost <= 0):
+            raise UserError(f"--max-cost must be a number of US dollars > 0, not {self.max_cost!r}.")
         if self.executor not in EXECUTORS:
             raise UserError(f"unknown executor {self.executor!r}; choose one of {', '.join(EXECUTORS)}.")
         if self.max_experiments is not None and self.max_experiments < 1:
@@ -111,7 +131,9 @@ def resolve(ws: Workspace, args=None) -> LoopConfig:
                     "max": "max_experiments", "min_delta": "min_delta",
                     "simplify_tolerance": "simplify_tolerance", "timeout": "timeout",
                     "agent_timeout": "agent_timeout", "gpus": "gpus", "slots": "slots", "lookahead": "lookahead",
-                    "agents": "agents", "executor": "executor", "ray_address": "ray_address"}
+                    "agents": "agents", "executor": "executor", "ray_address": "ray_address", "decide": "decide",
+                    "z": "z", "noise_runs": "noise_runs", "confirm": "confirm", "early_stop": "early_stop",
+                    "max_cost": "max_cost"}
         for flag, attr in flag_map.items():
             v = getattr(args, flag, None)
             if v is not None:
@@ -122,7 +144,9 @@ def resolve(ws: Workspace, args=None) -> LoopConfig:
             cfg.gpus = None
         if getattr(args, "gpus", None) is not None and getattr(args, "slots", None) is None:
             cfg.slots = None
-    for name in ("min_delta", "simplify_tolerance", "timeout", "agent_timeout"):
+    if isinstance(cfg.early_stop, str):
+        cfg.early_stop = cfg.early_stop.lower() in ("on", "true", "yes", "1")
+    for name in ("min_delta", "simplify_tolerance", "timeout", "agent_timeout", "z", "max_cost"):
         v = getattr(cfg, name)
         if isinstance(v, int) and not isinstance(v, bool):
             setattr(cfg, name, float(v))

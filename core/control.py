@@ -9,7 +9,8 @@ from pathlib import Path
 
 from .workspace import Workspace, atomic_write_text
 
-COMMANDS = ("pause", "resume", "abort", "stop")
+COMMANDS = ("pause", "resume", "abort", "stop", "keep", "revert", "noise")
+WITH_ID = ("abort", "keep")  # commands about one experiment
 
 
 def _private_dir(path: Path) -> Path:
@@ -25,8 +26,10 @@ def send(ws: Workspace, command: str, exp_id: str | None = None) -> Path:
     exp_id: `abort` of one experiment (the others go on); without it, abort kills every run in flight."""
     if command not in COMMANDS:
         raise ValueError(f"unknown control command {command!r}")
-    if exp_id is not None and (command != "abort" or not exp_id.isdigit()):
-        raise ValueError(f"only abort takes an experiment id, a number like 0007 (not {exp_id!r})")
+    if exp_id is not None and (command not in WITH_ID or not exp_id.isdigit()):
+        raise ValueError(f"only {' and '.join(WITH_ID)} take an experiment id, a number like 0007 (not {exp_id!r})")
+    if command == "keep" and exp_id is None:
+        raise ValueError("keep needs the experiment id")
     d = _private_dir(ws.control_dir)
     path = d / (command if exp_id is None else f"{command}-{exp_id}")
     atomic_write_text(path, json.dumps({"command": command, "id": exp_id, "ts": time.time(), "pid": os.getpid()})
@@ -36,7 +39,7 @@ def send(ws: Workspace, command: str, exp_id: str | None = None) -> Path:
 
 def take(ws: Workspace) -> list[tuple[str, str | None]]:
     """Consume pending command files (engine side) as (command, experiment id or None), in a fixed priority
-    order: abort, stop, pause, resume."""
+    order: abort, stop, pause, resume, then a person's decisions (keep, revert) and noise."""
     d = ws.control_dir
     if not d.is_dir():
         return []
@@ -45,8 +48,8 @@ def take(ws: Workspace) -> list[tuple[str, str | None]]:
     except OSError:
         return []
     found = []
-    for cmd in ("abort", "stop", "pause", "resume"):
-        for name in sorted(n for n in names if n == cmd or (cmd == "abort" and n.startswith("abort-"))):
+    for cmd in ("abort", "stop", "pause", "resume", "keep", "revert", "noise"):
+        for name in sorted(n for n in names if n == cmd or (cmd in WITH_ID and n.startswith(cmd + "-"))):
             try:
                 (d / name).unlink()
             except FileNotFoundError:

@@ -30,9 +30,11 @@ def engine_argv(ws: Workspace, cfg: LoopConfig) -> list[str]:
         argv += ["--max", str(cfg.max_experiments)]
     if cfg.timeout:
         argv += ["--timeout", repr(cfg.timeout)]
-    argv += ["--lookahead", str(cfg.lookahead), "--executor", cfg.executor]
+    argv += ["--lookahead", str(cfg.lookahead), "--executor", cfg.executor, "--decide", cfg.decide,
+             "--z", repr(cfg.z), "--confirm", cfg.confirm, "--early-stop", "on" if cfg.early_stop else "off"]
     for flag, value in (("--gpus", cfg.gpus), ("--slots", cfg.slots), ("--agents", cfg.agents),
-                        ("--ray-address", cfg.ray_address)):
+                        ("--ray-address", cfg.ray_address), ("--noise-runs", cfg.noise_runs),
+                        ("--max-cost", cfg.max_cost)):
         if value is not None:
             argv += [flag, str(value)]
     return argv

@@ -18,16 +18,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import control, faults, journal, ledger
+from . import control, faults, journal, ledger, noise_store
 from .config import LoopConfig
 from .controls import Controls
-from .decision import decide
+from .decision import CONFIRM_EVERY_WIN, Decision, confidence, decide, decide_noise
+from .early_stop import Calibration, Monitor, Verdict, calibrate
 from .errors import UserError
 from .events import EventLog, read_finished
 from .executors.base import Executor, RunCallbacks, RunHandle, RunSpec, Slot
+from .ledger import ABORTED
 from .lock import EngineLock
-from .meta import ExperimentMeta, write_meta
+from .meta import ExperimentMeta, read_meta, spending, write_meta
+from .noise import NoiseFloor, measure, remeasure_reason
 from .procs import ProcessId
+from .progress import read_curve
 from .proposer import ProposalJob, ProposalOutcome, make_proposal
 from .ratchet import Ratchet, branch_name, experiment_ref, numstat
 from .status import HEARTBEAT_S, Best, Proposal, SlotRun, StatusWriter
@@ -39,7 +43,6 @@ CONTROL_POLL_S = 0.2  # control files are looked at 5 times a second, also while
 MAX_AGENT_FAILURES = 3  # consecutive proposals lost to the agent itself (error, timeout, nothing changed) -> pause
 MAX_REBASES = 2  # a proposal that no longer applies goes back to its agent at most this often
 PROGRAM_MESSAGE = "program.md: directives updated"
-ABORTED = "aborted by user"
 STOPPED = "engine stopped"
 INTERRUPTED = "engine interrupted"
 NOT_TRAINED = "not trained: the engine was stopping"
@@ -91,6 +94,7 @@ class Exp:
     phase: str = "proposing"
     rebases: int = 0
     thread: threading.Thread | None = None
+    early_stop: Verdict | None = None  # set when the early-stop monitor stopped this run
 
     @property
     def id(self) -> str:
@@ -132,6 +136,16 @@ class Engine:
         self.confirm_queue: list[Exp] = []  # confirmation runs: first in line for a slot
         self.running: dict[str, Exp] = {}  # slot id -> run
         self.slots: list[Slot] = []
+        self.floor: NoiseFloor | None = None  # sigma of val_bpb on this setting (core.noise)
+        self.calibration: Calibration | None = None  # the early-stop margins, from the noise runs' curves
+        self.setting: noise_store.Setting | None = None
+        self.noise_pending: dict[str, Exp] = {}  # noise runs not yet recorded
+        self.noise_done: list[tuple[Exp, float, int]] = []
+        self.noise_plan: dict = {}
+        self.overrules: list[str] = []  # decisions a person made in this session (for the next prompt)
+        self.cost_usd = 0.0  # what the agent spent on this tag (every proposal counts)
+        self.cost_count = 0  # proposals whose cost is in cost_usd
+        self.cost_estimated = False
         self.state: StatusWriter | None = None
         self.events: EventLog | None = None
         self.rat: Ratchet | None = None
@@ -172,6 +186,10 @@ class Engine:
                 self.best_commit, self.best_val = found[0], found[1].val_bpb
                 self.best_id = self._id_of(found[0])
             journal.write(self.ws, journal.Journal(self.branch, self.head))
+            self._load_noise()
+            self._load_cost()
+            if self.cfg.noise_only and self.best_val is not None:
+                self._maybe_measure_noise(force=True)
             base = led.baseline
             self.state.update(agent=self.agent.describe(), best=self._best(), slots=self._slot_status(),
                               baseline_val_bpb=base.val_bpb if base else None,
@@ -242,6 +260,12 @@ class Engine:
             self.events.emit("paused", None)
         elif cmd == "resume" and self.controls.resume():
             self.events.emit("resumed", None)
+        elif cmd == "keep" and exp_id:
+            self._person_keep(exp_id)
+        elif cmd == "revert":
+            self._person_revert()
+        elif cmd == "noise":
+            self._maybe_measure_noise(force=True)
         self.state.update(status=self.controls.status())
 
     def _cancel(self, e: Exp, reason: str) -> None:
@@ -287,7 +311,7 @@ class Engine:
                         not any(e.meta.kind == "baseline" for e in self._in_flight()):
                     self._start_baseline()  # nothing measured yet (a new branch, or its baseline was aborted)
                 self._dispatch()
-                if not (stop or at_max):
+                if not (stop or at_max or self.cfg.noise_only):
                     self._start_proposals()
             self._publish()
 
@@ -302,6 +326,8 @@ class Engine:
                 self._on_control(*payload)
             elif kind == "proposal":
                 self._proposal_done(*payload)
+            elif kind == "early_stop" and payload in self.running.values() and not payload.cancel.is_set():
+                self._cancel(payload, payload.early_stop.reason)
             try:
                 kind, payload = self.inbox.get_nowait()
             except queue.Empty:
@@ -390,7 +416,7 @@ class Engine:
     # --- experiments ---------------------------------------------------------------------------------
     def _new_exp(self, kind: str, **fields) -> Exp:
         exp_id = next_experiment_id(self.ws)
-        if kind != "confirmation":  # --max counts experiments; the confirmations they need come on top
+        if kind in ("baseline", "proposal"):  # --max counts these; confirmation and noise runs come on top
             self.started += 1
         meta = ExperimentMeta(id=exp_id, tag=self.cfg.tag, branch=self.branch, kind=kind,
                               started_at=time.time(), tsv_offset=_size(self.ws.results_tsv), **fields)
@@ -449,7 +475,8 @@ class Engine:
                     "description": best_row.description if best_row else None}
         in_flight = [x.meta.description or x.meta.idea for x in self._in_flight() if x is not e]
         prompt = build_prompt(self.ws, led, best_arg, self.crash_tail, e.meta.idea, read_finished(self.ws.events),
-                              in_flight=[t for t in in_flight if t], hand_in=getattr(self.agent, "hand_in", "file"))
+                              in_flight=[t for t in in_flight if t], hand_in=getattr(self.agent, "hand_in", "file"),
+                              person_notes=self.overrules[-5:])
         self.crash_tail = None
         job = ProposalJob(ws=self.ws, exp_id=e.id, exp_dir=e.dir, base=self.head, prompt=prompt, agent=self.agent,
                           agent_timeout=self.cfg.agent_timeout, cancel=e.cancel, git_lock=self.git_lock,
@@ -488,6 +515,7 @@ class Engine:
         e.outcome = out
         m = e.meta
         m.agent = out.usage
+        self._add_cost(out.usage)  # rejected and failed proposals cost the same
         m.timings.update(propose_s=round(out.propose_s, 3), validate_s=round(out.validate_s, 3))
         m.description = out.description or m.description
         m.lines_added, m.lines_removed = out.lines_added, out.lines_removed
@@ -544,7 +572,7 @@ class Engine:
         """Confirmation and baseline runs first; a proposal only once the best is measured."""
         while self.confirm_queue:
             return self.confirm_queue.pop(0)
-        if self.best_val is None:
+        if self.best_val is None or self.noise_pending:  # decisions need the best, and sigma when it is measured
             return None
         while self.ready:
             e = self.ready.pop(0)
@@ -582,7 +610,18 @@ class Engine:
 
     def _start_run(self, e: Exp, slot: Slot) -> None:
         m = e.meta
-        new_commit = m.kind != "baseline" or m.commit is None
+        repeat = m.extra.get("repeat_of")
+        if repeat and not self._same_train(m.parent, self.head):
+            # the best moved while it waited: a run of the change on the new best instead (decided afresh)
+            text = self.rat.merge(self.rat.show_file(m.parent, EDITABLE_FILE) or "",
+                                  self.rat.show_file(self.head, EDITABLE_FILE) or "", e.train_py or "")
+            if text is None:
+                self._record_untrained(e, "crash", f"rejected: the change of {repeat} no longer applies to the "
+                                                   f"best train.py ({self.head[:7]})")
+                return
+            e.train_py, m.commit, repeat = text, None, None
+            m.extra.pop("repeat_of", None)
+        new_commit = m.commit is None
         if new_commit:
             m.commit = self.rat.commit_file(self.head, e.train_py, _commit_message(m))
             m.parent = self.head
@@ -590,7 +629,8 @@ class Engine:
             self.rat.set_ref(experiment_ref(e.id), m.commit)
         if new_commit:
             faults.point("committed")  # the experiment's commit and ref exist, its folder does not name them yet
-        m.reference_val_bpb, m.reference_id = self.best_val, self.best_id
+        if not repeat:  # a repeat is decided against the best its first run was decided against
+            m.reference_val_bpb, m.reference_id = self.best_val, self.best_id
         m.slot = {"id": slot.id, "label": slot.label, "gpu": slot.gpu, "node": slot.node}
         files = {name: self.rat.show_file(self.head, name) for name in ("prepare.py", "constants.py")}
         files = {k: v for k, v in files.items() if v is not None}
@@ -602,15 +642,18 @@ class Engine:
                                      - sum(m.timings.get(k, 0) for k in ("propose_s", "validate_s")), 3)
         m.status = "training"
         e.save()
-        if m.kind != "baseline":  # what is trained: the change against the best it starts from
+        if m.kind not in ("baseline", "noise"):  # what is trained: the change against the best it starts from
             (e.dir / "diff.patch").write_text(self.rat.diff(self.head, m.commit), encoding="utf-8")
         e.slot, e.phase = slot, "starting"
         logs = [e.dir / "train.log"] + ([self.ws.run_log] if slot.id == self.slots[0].id else [])
         spec = RunSpec(exp_id=e.id, files=files, logs=tuple(logs), metrics_out=e.dir / "metrics.json",
                        timeout=self.cfg.timeout or default_timeout(budget), seed=m.seed)
         self.running[slot.id] = e
+        monitor = self._monitor(e)
         callbacks = RunCallbacks(on_start=lambda child, node, e=e: self._run_started(e, child, node),
-                                 on_phase=lambda phase, e=e: self._run_phase(e, phase))
+                                 on_phase=lambda phase, e=e: self._run_phase(e, phase),
+                                 on_output=(lambda data, e=e, mon=monitor: self._watch_output(e, mon, data))
+                                 if monitor else None)
         e.handle = self.executor.start(slot, spec, callbacks)
         self._publish()
 
@@ -644,53 +687,339 @@ class Engine:
             self.fatal = (f"{files} changed while experiment {e.id} was training; check the change, commit or "
                           "revert it, then start the loop again")
             return
+        if result.cancelled and e.early_stop is not None:
+            v = e.early_stop
+            m.extra["early_stop"] = v.to_json()
+            m.description = f"{m.description} (stopped early at {round(100 * (v.fraction or 0))} %)"
+            self._record(e, "discard", None, None, v.reason)
+            return
         if result.cancelled:
             self._record(e, "crash", None, None, e.cancel_reason or ABORTED)
+            if m.kind == "noise":
+                self._noise_run_done(e)
             return
         if not result.ok:
             self.crash_tail = "\n".join(result.tail)
             self._record(e, "crash", None, None, result.reason)
+            if m.kind == "noise":
+                self._noise_run_done(e)
             if m.kind == "baseline":
                 self.fatal = (f"the baseline run crashed ({result.reason}); see {e.dir / 'train.log'}, fix the "
                               "trainer or its data (`autoresearch setup`), then start the loop again")
             return
         val = result.val_bpb
-        d = decide(val, m.reference_val_bpb, m.lines_added, m.lines_removed, self.cfg.min_delta,
-                   self.cfg.simplify_tolerance)
-        if d.status == "keep" and m.kind != "baseline" and not self._same_train(m.parent, self.head):
-            self._confirm_elsewhere(e, val, result, d.reason)
+        if m.kind == "noise":
+            self._record(e, "discard", val, result.memory_gb, f"noise run (seed {m.seed})")
+            self._noise_run_done(e, val, result)
+            return
+        repeat_of = m.extra.get("repeat_of")
+        first = read_meta(self.ws.experiment_dir(repeat_of)) if repeat_of else None
+        d = self._decide(e, val, first)
+        if m.decided_by == "person":  # a person's keep: trained (so the branch moves to a measured commit), kept
+            d = Decision("keep", False, f"kept by a person (val_bpb {val:.6f}, the best was {m.reference_val_bpb:.6f})")
+        if d.status in ("keep", "confirm") and m.kind != "baseline" and not self._same_train(m.parent, self.head):
+            self._confirm_elsewhere(e, d.mean if d.mean is not None else val, result, d.reason)
+            return
+        if d.status == "confirm":
+            self._repeat(e, val, result, d)
             return
         if d.simplification:
             m.description = f"{m.description} [simplify]"
         m.simplification = d.simplification
+        m.extra["keep_rule"] = _rule_record(d)
+        if first is not None and first.val_bpb is not None:
+            self.floor_pool([first.extra.get("run_val_bpb", first.val_bpb), val])
+        if d.status == "keep" and d.runs > 1:  # the row carries what the decision used: the mean of the runs
+            m.description = f"{m.description} [mean of {d.runs} runs]"
+            self._record(e, "keep", d.mean, result.memory_gb, d.reason, runs_val=val)
+            return
         self._record(e, d.status, val, result.memory_gb, d.reason)
 
     def _confirm_elsewhere(self, e: Exp, val: float, result: TrainResult, why: str) -> None:
         """It beat the best it started from, but another run was kept meanwhile: its change goes onto the new
         best and that combination trains first (a confirmation run) before anything can be kept."""
         m = e.meta
-        text = self.rat.merge(self.rat.show_file(m.parent, EDITABLE_FILE) or "",
-                          self.rat.show_file(self.head, EDITABLE_FILE) or "", e.train_py or "")
-        if text is None:
+        c = self._queue_on_best(m, e.train_py or "")
+        if c is None:
             self._record(e, "discard", val, result.memory_gb,
                          f"{why} on its base, but it does not apply on the new best {self.head[:7]} "
                          f"({self.best_id}); the idea goes back to the agent")
             if m.description:
                 control.queue_idea(self.ws, f"Redo on the current train.py (it conflicted): {m.description}")
             return
-        c = self._new_exp("confirmation", description=m.description, base=m.parent, confirms=e.id, status="queued",
-                          lines_added=m.lines_added, lines_removed=m.lines_removed, idea=m.idea)
-        c.train_py = text
-        c.save()
-        (c.dir / "agent.log").write_text(f"confirmation of {e.id}: its change, applied onto the best {self.head[:7]} "
-                                         f"({self.best_id}), is trained again; no agent runs.\n", encoding="utf-8")
-        m.confirmed_by = c.id
-        self.events.emit("experiment_started", c.id, parent=self.head, baseline=False, kind="confirmation",
-                         confirms=e.id)
         self._record(e, "discard", val, result.memory_gb,
                      f"{why} on its base; the best moved to {self.best_id} meanwhile, so the change trains again "
                      f"on it as {c.id}")
+
+    def _queue_on_best(self, m: ExperimentMeta, train_py: str, decided_by: str | None = None) -> Exp | None:
+        """A confirmation run of experiment m's change applied onto the current best (3-way), first in line;
+        None when the change no longer applies."""
+        text = self.rat.merge(self.rat.show_file(m.parent, EDITABLE_FILE) or "",
+                              self.rat.show_file(self.head, EDITABLE_FILE) or "", train_py)
+        if text is None:
+            return None
+        c = self._new_exp("confirmation", description=m.description, base=m.parent, confirms=m.id, status="queued",
+                          lines_added=m.lines_added, lines_removed=m.lines_removed, idea=m.idea,
+                          decided_by=decided_by or m.decided_by)
+        c.train_py = text
+        c.save()
+        (c.dir / "agent.log").write_text(f"confirmation of {m.id}: its change, applied onto the best {self.head[:7]} "
+                                         f"({self.best_id}), is trained again; no agent runs.\n", encoding="utf-8")
+        m.confirmed_by = c.id
+        self.events.emit("experiment_started", c.id, parent=self.head, baseline=False, kind="confirmation",
+                         confirms=m.id)
         self.confirm_queue.insert(0, c)
+        return c
+
+    # --- the keep rule: upstream's, or beyond the noise band -----------------------------------------
+    def _rule(self) -> str:
+        if self.cfg.decide == "plain" or self.floor is None:
+            return "plain"
+        return "noise"
+
+    def _decide(self, e: Exp, val: float, first: ExperimentMeta | None) -> Decision:
+        """keep | discard | confirm (run the same commit again with another seed) for a run that measured val;
+        first: the earlier run of the same commit, when this run is its repeat."""
+        m = e.meta
+        if self._rule() == "plain" or m.kind == "baseline":
+            return decide(val, m.reference_val_bpb, m.lines_added, m.lines_removed, self.cfg.min_delta,
+                          self.cfg.simplify_tolerance)
+        first_val = first.extra.get("run_val_bpb", first.val_bpb) if first is not None else None
+        runs = (first_val, [val]) if first_val is not None else (val, [])
+        return decide_noise(runs[0], m.reference_val_bpb, self.floor.sigma, z=self.cfg.z, min_delta=self.cfg.min_delta,
+                            lines_added=m.lines_added, lines_removed=m.lines_removed,
+                            simplify_tolerance=self.cfg.simplify_tolerance, confirmations=runs[1],
+                            sure_z=CONFIRM_EVERY_WIN if self.cfg.confirm == "wins" else None)
+
+    def _repeat(self, e: Exp, val: float, result: TrainResult, d: Decision) -> None:
+        """A win inside (or, with --confirm wins, beyond) the band: the same commit runs again with another seed,
+        first in line; the mean of both runs decides."""
+        m = e.meta
+        c = self._new_exp("confirmation", description=m.description, base=m.base, parent=m.parent, commit=m.commit,
+                          confirms=e.id, status="queued", seed=1000 + int(e.id), lines_added=m.lines_added,
+                          lines_removed=m.lines_removed, idea=m.idea, reference_val_bpb=m.reference_val_bpb,
+                          reference_id=m.reference_id)
+        c.meta.extra["repeat_of"] = e.id
+        c.train_py = e.train_py
+        c.save()
+        (c.dir / "agent.log").write_text(f"repeat of {e.id} with seed {c.meta.seed}: the same commit "
+                                         f"{str(m.commit)[:7]} is trained again; no agent runs.\n", encoding="utf-8")
+        m.confirmed_by = c.id
+        m.extra["keep_rule"] = _rule_record(d)
+        self.events.emit("experiment_started", c.id, parent=m.parent, baseline=False, kind="confirmation",
+                         confirms=e.id, repeat=True)
+        self._record(e, "discard", val, result.memory_gb, f"{d.reason} as {c.id}")
+        self.confirm_queue.insert(0, c)
+
+    # --- a person overrules --------------------------------------------------------------------------
+    def _refuse(self, what: str, why: str) -> None:
+        self.log(f"autoresearch: {what} refused: {why}.")
+        self.events.emit("overrule_refused", None, action=what, reason=why)
+
+    def _person_keep(self, exp_id: str) -> None:
+        """Keep a discarded experiment: at once when it was measured on the current best, else its change goes
+        onto the best and is trained first (the branch only moves to measured commits), then kept."""
+        m = read_meta(self.ws.experiment_dir(exp_id))
+        if m is None or m.status != "discard" or m.val_bpb is None or not m.commit:
+            self._refuse(f"keep {exp_id}", f"experiment {exp_id} is not a measured discard")
+            return
+        if any(x.id == exp_id for x in self._in_flight()):
+            self._refuse(f"keep {exp_id}", f"experiment {exp_id} is still in flight")
+            return
+        train_py = self.rat.show_file(m.commit, EDITABLE_FILE) or ""
+        note = f"A person kept experiment {exp_id} ({m.description}), which the engine had discarded."
+        self.overrules.append(note)
+        self.events.emit("overruled", exp_id, action="keep")
+        if m.parent and self._same_train(m.parent, self.head):
+            c = self._new_exp("confirmation", description=f"{m.description} [kept by a person]", base=m.parent,
+                              parent=m.parent, commit=m.commit, confirms=exp_id, status="recording",
+                              decided_by="person", lines_added=m.lines_added, lines_removed=m.lines_removed,
+                              reference_val_bpb=self.best_val, reference_id=self.best_id)
+            c.train_py = train_py
+            (c.dir / "agent.log").write_text(f"a person kept {exp_id}: it was measured on the current best, so it "
+                                             "is kept as it was measured; nothing is trained.\n", encoding="utf-8")
+            (c.dir / "diff.patch").write_text(self.rat.diff(self.head, m.commit), encoding="utf-8")
+            self._record(c, "keep", m.val_bpb, m.memory_gb, f"kept by a person (val_bpb {m.val_bpb:.6f}, the best "
+                         f"was {self.best_val:.6f})")
+            return
+        c = self._queue_on_best(m, train_py, decided_by="person")
+        if c is None:
+            self._refuse(f"keep {exp_id}", f"its change no longer applies to the best train.py ({self.head[:7]})")
+            return
+        write_meta(self.ws.experiment_dir(exp_id), m)
+        self.log(f"autoresearch: a person keeps {exp_id}: its change is trained on the best as {c.id}, then kept.")
+
+    def _person_revert(self) -> None:
+        """Undo the last keep: the branch goes on with the train.py of the best before it (measured there). Runs
+        still in flight were started on the reverted best: the ratchet's rule retrains a winner on the new one."""
+        m = read_meta(self.ws.experiment_dir(self.best_id)) if self.best_id else None
+        if m is None or m.kind == "baseline" or not m.parent or m.reference_val_bpb is None:
+            self._refuse("revert", "the best is the baseline; there is no earlier best to go back to")
+            return
+        prev = m.parent
+        text = self.rat.show_file(prev, EDITABLE_FILE) or ""
+        r = self._new_exp("revert", description=f"revert {m.id} ({m.description}): back to "
+                                                f"{m.reference_id or prev[:7]}", base=self.head, parent=self.head,
+                          decided_by="person", status="recording", reference_val_bpb=self.best_val,
+                          reference_id=self.best_id)
+        r.train_py = text
+        r.meta.commit = self.rat.commit_file(self.head, text, f"revert {m.id} (by a person)")
+        (r.dir / "agent.log").write_text(f"a person reverted {m.id}: train.py goes back to {prev[:7]}, as measured "
+                                         f"there ({m.reference_val_bpb:.6f}); nothing is trained.\n", encoding="utf-8")
+        (r.dir / "diff.patch").write_text(self.rat.diff(self.head, r.meta.commit), encoding="utf-8")
+        self.overrules.append(f"A person reverted experiment {m.id} ({m.description}); the best is back at "
+                              f"{m.reference_id or prev[:7]} (val_bpb {m.reference_val_bpb:.6f}).")
+        self.events.emit("overruled", m.id, action="revert")
+        self._record(r, "keep", m.reference_val_bpb, m.memory_gb, f"reverted by a person: back to "
+                     f"{m.reference_id or prev[:7]}")
+        self.best_id = m.reference_id or self.best_id  # its train.log has the curve of this train.py
+
+    # --- the noise floor: K more runs of the best, once per setting ----------------------------------
+    def _load_noise(self) -> None:
+        from .hardware import nvml_gpus
+
+        gpus = {g["index"]: g["name"] for g in nvml_gpus()}
+        self.setting = noise_store.setting(self.ws, [gpus[s.gpu] for s in self.slots if s.gpu in gpus])
+        if self.cfg.decide == "plain":
+            return
+        floor, cal, problem = noise_store.load(self.ws, self.cfg.tag)
+        if problem:
+            self.log(f"autoresearch: {problem}.")
+        st = self.setting
+        if floor is not None and remeasure_reason(floor, st.profile, st.time_budget, st.hardware) is None:
+            self.floor, self.calibration = floor, cal
+            if self.best_id and floor.experiments and floor.experiments[0] == self.best_id:
+                self.best_val = floor.mean  # the best is the measured baseline: the mean of its runs
+            self._publish_noise()
+        elif self.best_val is not None:
+            self._maybe_measure_noise(floor)
+
+    def _maybe_measure_noise(self, stored: NoiseFloor | None = None, force: bool = False) -> None:
+        """Queue the noise runs (first in line) when sigma is unknown or was measured under another setting."""
+        if self.cfg.decide == "plain" or self.noise_pending or self.best_val is None:
+            return
+        st = self.setting
+        k = noise_store.noise_runs(self.cfg.noise_runs, st.profile)
+        stored = stored or self.floor
+        changed = remeasure_reason(stored, st.profile, st.time_budget, st.hardware) if stored else None
+        reason = "asked for" if force else (changed if stored else "no noise floor has been measured yet")
+        if k == 0 or reason is None:
+            if self.cfg.noise_only:  # `autoresearch noise --runs 0`, or the plain rule: nothing to do
+                self.log("autoresearch: no noise runs to make (--noise-runs 0 or --decide plain).")
+                self.controls.request_stop()
+            return
+        # after a change of setting the best's old value is not comparable: all runs are new
+        fresh = changed is not None
+        runs = k + 1 if fresh else k
+        self.noise_plan = {"fresh": fresh, "best_val": self.best_val, "best_id": self.best_id}
+        self.events.emit("noise_remeasure", None, reason=reason, runs=runs)
+        self.log(f"autoresearch: measuring the noise floor ({reason}): {runs} more run{'s' if runs != 1 else ''} "
+                 f"of {self.head[:7]}.")
+        desc = self._best_description()
+        for i in range(1, runs + 1):
+            c = self._new_exp("noise", description=f"noise run {i}/{runs}: {desc} re-run with seed {i}",
+                              commit=self.head, parent=self.head, base=self.head, seed=i, status="queued")
+            c.meta.extra["noise_of"] = self.best_id
+            c.train_py = self.rat.show_file(self.head, EDITABLE_FILE)
+            c.save()
+            (c.dir / "diff.patch").write_text("", encoding="utf-8")
+            (c.dir / "agent.log").write_text(f"noise run: the best train.py ({self.head[:7]}) with seed {i}; no "
+                                             "agent runs.\n", encoding="utf-8")
+            self.events.emit("experiment_started", c.id, parent=self.head, baseline=False, kind="noise", seed=i)
+            self.noise_pending[c.id] = c
+            self.confirm_queue.append(c)
+
+    def _noise_run_done(self, e: Exp, val: float | None = None, result: TrainResult | None = None) -> None:
+        self.noise_pending.pop(e.id, None)
+        if val is not None:
+            self.noise_done.append((e, val, int((result.metrics or {}).get("num_steps") or 0)))
+        if self.noise_pending:
+            return
+        plan, done, self.noise_done = self.noise_plan, self.noise_done, []
+        vals = [v for _, v, _ in done]
+        ids = [x.id for x, _, _ in done]
+        steps = [n for _, _, n in done]
+        curves = [read_curve(x.dir / "train.log") for x, _, _ in done]
+        if not plan["fresh"] and plan["best_id"]:
+            vals, ids = [plan["best_val"], *vals], [plan["best_id"], *ids]
+            steps = [0, *steps]
+            curves = [read_curve(self.ws.experiment_dir(plan["best_id"]) / "train.log"), *curves]
+        st = self.setting
+        if len(vals) < 2:
+            self.log("autoresearch: the noise floor could not be measured (the noise runs crashed); decisions use "
+                     "the plain rule until `autoresearch noise` measures it.")
+            if self.cfg.noise_only:
+                self.controls.request_stop()
+            return
+        self.floor = measure(vals, st.profile, st.time_budget, st.hardware, experiments=ids, num_steps=steps)
+        self.calibration = calibrate([c for c in curves if c])
+        noise_store.save(self.ws, self.cfg.tag, self.floor, self.calibration)
+        if self.best_commit == self.head or self._same_train(self.best_commit or self.head, self.head):
+            self.best_val = self.floor.mean  # the best's value is the mean of its runs from now on
+        self.events.emit("noise_measured", None, sigma=self.floor.sigma, runs=self.floor.runs, experiments=ids,
+                         best=self.best_val)
+        self.log(f"autoresearch: {self.floor.describe()} (mean {self.floor.mean:.6f}).")
+        self._publish_noise()
+        if self.cfg.noise_only:
+            self.controls.request_stop()
+
+    def floor_pool(self, vals: list[float]) -> None:
+        """Two runs of one commit (a win and its repeat) are one more sample of the noise: sigma improves."""
+        if self.floor is None:
+            return
+        self.floor = self.floor.pooled_with(vals)
+        noise_store.save(self.ws, self.cfg.tag, self.floor, self.calibration)
+        self._publish_noise()
+
+    def _publish_noise(self) -> None:
+        f = self.floor
+        self.state.update_extra(noise={"sigma": f.sigma, "runs": f.runs, "text": f.describe(), "z": self.cfg.z,
+                                       "rule": self._rule()} if f else None)
+
+    def _best_description(self) -> str:
+        led = ledger.read(self.ws.results_tsv)
+        row = next((r for r in reversed(led.rows) if r.status == "keep" and r.commit[:7] == (self.best_commit or
+                                                                                             self.head)[:7]), None)
+        return row.description if row else "the best"
+
+    # --- early stop: a clear loser against the best run's curve --------------------------------------
+    def _monitor(self, e: Exp) -> Monitor | None:
+        if not self.cfg.early_stop or e.meta.kind != "proposal" or self.calibration is None or not self.best_id:
+            return None
+        return Monitor(read_curve(self.ws.experiment_dir(self.best_id) / "train.log"), self.calibration)
+
+    def _watch_output(self, e: Exp, mon: Monitor, data: bytes) -> None:
+        """On the run's output thread: feed the monitor; the main loop does the stopping."""
+        v = mon.feed_bytes(data)
+        if v is None:
+            return
+        if v.stop and e.early_stop is None:
+            e.early_stop = v
+            self.inbox.put(("early_stop", e))
+        elif v.note and "early_stop_note" not in e.meta.extra:
+            e.meta.extra["early_stop_note"] = v.note
+
+    # --- what the agent spends -------------------------------------------------------------------------
+    def _load_cost(self) -> None:
+        spent = spending(self.ws.experiments_dir, self.cfg.tag)  # this tag's, over every session
+        self.cost_usd, self.cost_count, self.cost_estimated = spent.usd, spent.proposals, spent.estimated
+        self._publish_cost()
+
+    def _add_cost(self, usage) -> None:
+        if usage is None or not usage.cost_usd:
+            return
+        self.cost_usd += usage.cost_usd
+        self.cost_count += 1
+        self.cost_estimated |= usage.cost_estimated
+        self._publish_cost()
+        cap = self.cfg.max_cost
+        if cap is not None and self.cost_usd >= cap:
+            self._pause_for(f"the agent has spent ${self.cost_usd:.2f}, which reaches --max-cost ${cap:.2f}; paused. "
+                            "Start the loop with a higher --max-cost to go on.")
+
+    def _publish_cost(self) -> None:
+        self.state.update_extra(cost={"usd": round(self.cost_usd, 4), "estimated": self.cost_estimated,
+                                      "max_usd": self.cfg.max_cost, "proposals": self.cost_count})
 
     # --- recording: the results.tsv line is the commit point -----------------------------------------
     def _record_untrained(self, e: Exp, status: str, reason: str) -> None:
@@ -716,7 +1045,8 @@ class Engine:
         m.parent = m.parent or m.base
         self._record(e, "crash", None, None, reason)
 
-    def _record(self, e: Exp, status: str, val_bpb: float | None, memory_gb: float | None, reason: str | None) -> None:
+    def _record(self, e: Exp, status: str, val_bpb: float | None, memory_gb: float | None, reason: str | None,
+                runs_val: float | None = None) -> None:
         """Intent first: meta says what is about to be recorded, then the row (the commit point), then the
         branch, then meta says it is done. Recovery after kill -9 between any two steps finishes the job."""
         t0 = time.monotonic()
@@ -726,6 +1056,8 @@ class Engine:
         m.status, m.reason = "recording", reason
         m.extra["decision"] = status
         m.val_bpb = val_bpb
+        if runs_val is not None:
+            m.extra["run_val_bpb"] = runs_val  # this run's own value; val_bpb is the mean the decision used
         m.memory_gb = None if memory_gb is None else round(memory_gb, 3)
         description = m.description or "(no description)"
         commit = m.commit
@@ -750,6 +1082,7 @@ class Engine:
             journal.write(self.ws, journal.Journal(self.branch, self.head))
             if m.kind == "baseline":
                 self.state.update(baseline_val_bpb=val_bpb)
+                self._maybe_measure_noise(force=self.cfg.noise_only)
         m.timings["record_s"] = round(time.monotonic() - t0, 3)
         m.status, m.finished_at = status, time.time()
         m.extra.pop("decision", None)
@@ -759,7 +1092,8 @@ class Engine:
         self.events.emit("experiment_finished", e.id, status=status, val_bpb=val_bpb, memory_gb=memory_gb,
                          commit=commit, description=description, reason=reason, reference=reference,
                          best=self.best_val, kind=m.kind, confirms=m.confirms,
-                         slot=(m.slot or {}).get("id"))
+                         slot=(m.slot or {}).get("id"), confidence=(m.extra.get("keep_rule") or {}).get("confidence"),
+                         decided_by=m.decided_by, stopped_early=e.early_stop is not None and status == "discard")
         self._publish()
         faults.point("between_experiments")
 
@@ -782,6 +1116,12 @@ class Engine:
             if f.status == "keep" and f.commit[:7] == commit[:7]:
                 return f.exp_id
         return None
+
+
+def _rule_record(d: Decision) -> dict:
+    """meta.json's keep_rule: what the decision saw (the dashboard's confidence column)."""
+    return {"rule": "noise" if d.sigma is not None else "plain", "sigma": d.sigma, "z": d.z, "bar": d.bar,
+            "mean": d.mean, "runs": d.runs, "confidence": confidence(d)}
 
 
 def _commit_message(m: ExperimentMeta) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Iterable
 
 HEADER = ("commit", "val_bpb", "memory_gb", "status", "description")
+ABORTED = "aborted by user"  # the reason of a run a person aborted (a crash row ends with it in parentheses)
 HEADER_LINE = "\t".join(HEADER)
 STATUSES = ("keep", "discard", "crash")
 
@@ -159,14 +160,24 @@ class Finished:
     status: str
     reference: float | None = None  # the best val_bpb the run was decided against
     best: float | None = None  # the engine's best after the decision
+    kind: str | None = None  # baseline | proposal | confirmation | noise | revert
+    confidence: str | None = None  # under the noise rule: "z 3.5", "z 2.4 ×2"
+    decided_by: str | None = None  # engine | person
+    stopped_early: bool = False  # stopped by the early-stop rule (its reason says where and why)
+    reason: str | None = None
 
     @classmethod
     def from_event(cls, ev: dict) -> "Finished":
         def num(v):
             return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+        def text(v, limit=300):
+            return str(v)[:limit] if isinstance(v, str) else None
         exp_id = ev.get("id")
         return cls(exp_id if isinstance(exp_id, str) else None, str(ev.get("commit") or "")[:40],
-                   str(ev.get("status") or ""), num(ev.get("reference")), num(ev.get("best")))
+                   str(ev.get("status") or ""), num(ev.get("reference")), num(ev.get("best")), text(ev.get("kind"), 20),
+                   text(ev.get("confidence"), 40), text(ev.get("decided_by"), 20), ev.get("stopped_early") is True,
+                   text(ev.get("reason")))
 
 
 @dataclass(frozen=True)
@@ -180,6 +191,7 @@ class Entry:
     exp_id: str | None
     reference: float | None
     best_after: float | None
+    finished: Finished | None = None  # the engine's record of it (None: an upstream ledger or a hand-added row)
 
     @property
     def val_bpb(self) -> float | None:
@@ -217,5 +229,5 @@ def annotate(rows: list[Row], finished: Iterable[Finished] = ()) -> list[Entry]:
             best = f.best
         elif r.status == "keep" and r.measured and (best is None or r.val_bpb < best):
             best = r.val_bpb
-        out.append(Entry(i, r, f.exp_id if f else None, reference, best))
+        out.append(Entry(i, r, f.exp_id if f else None, reference, best, f))
     return out

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .workspace import atomic_write_json, read_json
 
-KINDS = ("baseline", "proposal", "confirmation", "noise")
+KINDS = ("baseline", "proposal", "confirmation", "noise", "revert")
 # in flight: written before each step, so that recovery after kill -9 knows how far it got
 ACTIVE = ("proposing", "ready", "queued", "training", "recording")
 FINAL = ("keep", "discard", "crash", "skipped")
@@ -147,3 +147,30 @@ def read_meta(exp_dir: Path) -> ExperimentMeta | None:
 def write_meta(exp_dir: Path, meta: ExperimentMeta) -> None:
     """Atomic (temp file + rename, fsynced): recovery relies on each step being on disk before the next."""
     atomic_write_json(meta_path(exp_dir), meta.to_json())
+
+
+@dataclass(frozen=True)
+class Spending:
+    """What the agent cost, summed over experiments' meta.json (rejected and crashed proposals count too)."""
+
+    usd: float = 0.0
+    estimated: bool = False  # some figure came from a price table, not from the vendor
+    proposals: int = 0  # proposals that reported a cost
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+def spending(experiments_dir: Path, tag: str | None = None) -> Spending:
+    usd, est, n, tin, tout = 0.0, False, 0, 0, 0
+    d = Path(experiments_dir)
+    for p in (d.iterdir() if d.is_dir() else []):
+        m = read_meta(p) if p.name.isdigit() else None
+        if m is None or m.agent is None or (tag is not None and m.tag != tag):
+            continue
+        tin += m.agent.input_tokens or 0
+        tout += m.agent.output_tokens or 0
+        if m.agent.cost_usd:
+            usd += m.agent.cost_usd
+            n += 1
+            est |= m.agent.cost_estimated
+    return Spending(usd, est, n, tin, tout)

@@ -12,7 +12,7 @@ FORMATS = (".png", ".svg", ".pdf")
 LABEL_CHARS = 48
 
 
-def _y_limits(values: list[float], best: float, baseline: float | None) -> tuple[float, float]:
+def y_limits(values: list[float], best: float, baseline: float | None) -> tuple[float, float]:
     """Zoom on the interesting band: a few wild discards must not flatten the frontier."""
     top_ref = max([baseline or best] + sorted(values)[: max(1, int(len(values) * 0.9))])
     span = max(top_ref - best, 1e-3)
@@ -46,7 +46,7 @@ def render_plot(ws: Workspace, output: Path) -> Path:
 def _draw(ax, s, points, valid) -> None:
     """Points by status, the running-best step line and labels of the kept improvements."""
     best_v = min(r.val_bpb for _, r in valid)
-    lo, hi = _y_limits([r.val_bpb for _, r in valid], best_v, s.baseline.val_bpb if s.baseline else None)
+    lo, hi = y_limits([r.val_bpb for _, r in valid], best_v, s.baseline.val_bpb if s.baseline else None)
     ax.set_ylim(lo, hi)
     ax.set_xlim(0.5, s.total + 0.5 + 0.12 * s.total)  # room for the last labels
 

@@ -87,7 +87,8 @@ def results_table(ledger: Ledger, max_recent: int = MAX_RECENT_ROWS, finished: l
 
 
 def build_prompt(ws: Workspace, ledger: Ledger, best, crash_tail: str | None, idea: str | None,
-                 finished: list[Finished] = (), in_flight: list[str] = (), hand_in: str = "file") -> str:
+                 finished: list[Finished] = (), in_flight: list[str] = (), hand_in: str = "file",
+                 person_notes: list[str] = ()) -> str:
     """The whole prompt as Markdown (the engine writes it to $AUTORESEARCH_PROMPT_FILE)."""
     parts = ["# autoresearch: propose the next experiment",
              "You are the research agent of an autonomous ML research loop. The engine runs train.py for a "
@@ -130,6 +131,11 @@ def build_prompt(ws: Workspace, ledger: Ledger, best, crash_tail: str | None, id
         parts.append("## The last experiment crashed\n\nThe tail of its output is below. If the cause was your "
                      "change, do not repeat it; if a fix is obvious, you may try the idea again, fixed.\n\n"
                      f"{fence}text\n{tail}\n{fence}")
+
+    if person_notes:
+        parts.append("## Decisions the person running this session made\n\n"
+                     + "\n".join(f"- {' '.join(n.split())[:300]}" for n in person_notes)
+                     + "\n\nTake them into account: they override the engine's keep rule.")
 
     shown = [" ".join(t.split())[:200] for t in in_flight if t and t.strip()][:MAX_IN_FLIGHT]
     if shown:

@@ -19,6 +19,17 @@ _IDENTITY = {"GIT_AUTHOR_NAME": "autoresearch", "GIT_AUTHOR_EMAIL": "autoresearc
              "GIT_COMMITTER_NAME": "autoresearch", "GIT_COMMITTER_EMAIL": "autoresearch@localhost"}
 
 
+def identity_env(git_cmd) -> dict[str, str]:
+    """The git identity fallback, the one place for it: {} when the repository (or the user) has one, else
+    autoresearch's own, so that commits work on a machine without a git config. git_cmd: a GitPython `repo.git`."""
+    def configured(key: str) -> bool:
+        try:
+            return bool(git_cmd.config("--get", key).strip())
+        except Exception:  # git exits 1 when the key is not set
+            return False
+    return {} if configured("user.email") and configured("user.name") else dict(_IDENTITY)
+
+
 @dataclass(frozen=True)
 class StatusEntry:
     code: str  # porcelain XY, e.g. " M", "A ", "??"
@@ -90,9 +101,7 @@ class Ratchet:
         self.repo = repo
         self._git = repo.git
         self._GitCommandError = git.GitCommandError
-        if not self._config("user.email") or not self._config("user.name"):
-            # commits must work in a fresh repo without a configured identity
-            self._git.update_environment(**_IDENTITY)
+        self._git.update_environment(**identity_env(self._git))
 
     def _tmp(self) -> Path:
         """Scratch files of git plumbing (temporary indexes, blobs): inside the workspace's state folder, where
@@ -104,23 +113,10 @@ class Ratchet:
     def merge(self, base: str, ours: str, theirs: str) -> str | None:
         return merge_text(base, ours, theirs, self._tmp())
 
-    def _config(self, key: str) -> str:
-        try:
-            return self._git.config("--get", key).strip()
-        except Exception:
-            return ""
-
     def git(self, *args, **kw) -> str:
         return self._git.execute(["git", *args], **kw)
 
     # --- queries -----------------------------------------------------------------------------------
-    def has_commits(self) -> bool:
-        try:
-            self.git("rev-parse", "--verify", "-q", "HEAD")
-            return True
-        except self._GitCommandError:
-            return False
-
     def head(self) -> str:
         try:
             return self.git("rev-parse", "--verify", "-q", "HEAD").strip()

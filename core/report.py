@@ -11,6 +11,7 @@ from . import ledger as ledger_mod
 from .errors import UserError
 from .events import read_finished
 from .ledger import Entry, Finished, Ledger, Row, annotate
+from .meta import Spending, spending
 from .workspace import Workspace
 
 TOP_N = 10
@@ -25,6 +26,7 @@ class Summary:
     crashed: int
     baseline: Row | None
     best: Row | None
+    spent: Spending | None = None
 
     @property
     def rows(self) -> list[Row]:
@@ -75,7 +77,9 @@ def printable(text: str) -> str:
 
 def load_summary(ws: Workspace) -> Summary:
     """results.tsv annotated with the engine's decisions (events.jsonl), for the report and the plot."""
-    return summarize(load(ws), read_finished(ws.events))
+    s = summarize(load(ws), read_finished(ws.events))
+    s.spent = spending(ws.experiments_dir)
+    return s
 
 
 def load(ws: Workspace) -> Ledger:
@@ -90,17 +94,19 @@ def load(ws: Workspace) -> Ledger:
     return ledger
 
 
-def _row_json(r: Row, delta: float | None, index: int) -> dict:
-    return {"n": index, "commit": r.commit, "val_bpb": r.val_bpb, "memory_gb": r.memory_gb, "status": r.status,
-            "description": r.description, "delta": None if delta is None else round(delta, 6)}
+def _row_json(r: Row, delta: float | None, index: int, f: Finished | None = None) -> dict:
+    out = {"n": index, "commit": r.commit, "val_bpb": r.val_bpb, "memory_gb": r.memory_gb, "status": r.status,
+           "description": r.description, "delta": None if delta is None else round(delta, 6)}
+    if f is not None:
+        out.update(id=f.exp_id, kind=f.kind, confidence=f.confidence, decided_by=f.decided_by)
+    return out
 
 
 def to_json(s: Summary, kept_only: bool, bad_lines: list) -> dict:
     improvement = None
     if s.baseline and s.best:
         improvement = s.baseline.val_bpb - s.best.val_bpb
-    rows = [_row_json(r, d, i + 1) for i, (r, d) in enumerate(zip(s.rows, s.deltas))
-            if not kept_only or r.status == "keep"]
+    rows = [_row_json(e.row, e.delta, e.n, e.finished) for e in s.entries if not kept_only or e.row.status == "keep"]
     return {
         "experiments": s.total, "kept": s.kept, "discarded": s.discarded, "crashed": s.crashed,
         "keep_rate": round(s.keep_rate, 4),
@@ -113,18 +119,37 @@ def to_json(s: Summary, kept_only: bool, bad_lines: list) -> dict:
                               "description": r.description} for r, d in s.improvements[:TOP_N]],
         "rows": rows,
         "malformed_lines": [{"line": n, "reason": why} for n, _text, why in bad_lines],
+        "agent_cost": None if s.spent is None else {
+            "usd": round(s.spent.usd, 4), "estimated": s.spent.estimated, "proposals": s.spent.proposals,
+            "usd_per_experiment": round(s.spent.usd / s.total, 4) if s.total else None,
+            "input_tokens": s.spent.input_tokens, "output_tokens": s.spent.output_tokens},
     }
 
 
 def _table(s: Summary, indices: list[int]) -> list[str]:
-    out = [f"  {'#':>4}  {'commit':<7}  {'val_bpb':>8}  {'delta':>9}  {'mem_gb':>6}  {'status':<7}  description"]
+    """Δ is against the best each row was decided on; conf is the noise rule's z-score (blank under plain)."""
+    conf = any(e.finished and e.finished.confidence for e in s.entries)
+    head = f"  {'#':>4}  {'commit':<7}  {'val_bpb':>8}  {'delta':>9}  {'mem_gb':>6}  {'status':<7}  "
+    out = [head + (f"{'conf':<9}  " if conf else "") + "description"]
     for i in indices:
-        r, d = s.rows[i], s.deltas[i]
+        e = s.entries[i]
+        r, d = e.row, e.delta
         bpb = f"{r.val_bpb:.6f}" if r.status != "crash" else "-"
         delta = f"{d:+.6f}" if d is not None else ("baseline" if r is s.baseline else "")
-        out.append(f"  {i + 1:>4}  {r.commit[:7]:<7}  {bpb:>8}  {delta:>9}  {r.memory_gb:>6.1f}  {r.status:<7}  "
+        c = f"{printable((e.finished.confidence if e.finished else None) or ''):<9}  " if conf else ""
+        out.append(f"  {i + 1:>4}  {r.commit[:7]:<7}  {bpb:>8}  {delta:>9}  {r.memory_gb:>6.1f}  {r.status:<7}  {c}"
                    f"{printable(r.description)}")
     return out
+
+
+def spending_line(spent: Spending, experiments: int) -> str | None:
+    """Agent spending for the report: total, per experiment, tokens ("~" marks price-table estimates)."""
+    if not spent.usd and not spent.input_tokens:
+        return None
+    mark = "~" if spent.estimated else ""
+    per = f", {mark}${spent.usd / experiments:.3f} per experiment" if experiments and spent.usd else ""
+    line = f"Agent spending: {mark}${spent.usd:.2f}{per}; tokens {spent.input_tokens:,} in, {spent.output_tokens:,} out"
+    return line + (" (~: estimated from list prices)" if spent.estimated else "")
 
 
 def render(s: Summary, kept_only: bool) -> str:
@@ -140,6 +165,8 @@ def render(s: Summary, kept_only: bool) -> str:
         lines.append(f"Baseline val_bpb: {s.baseline.val_bpb:.6f} (no kept result yet)")
     else:
         lines.append("No successful run yet.")
+    if s.spent is not None and (line := spending_line(s.spent, s.total)):
+        lines.append(line)
     if kept_only:
         idx = [i for i, r in enumerate(s.rows) if r.status == "keep"]
         lines += ["", f"Kept experiments ({len(idx)}):"]
@@ -170,6 +197,7 @@ def cmd_results(ws: Workspace, args) -> int:
     """Entry point of `autoresearch results [--kept-only] [--json]`."""
     ledger = load(ws)
     s = summarize(ledger, read_finished(ws.events))
+    s.spent = spending(ws.experiments_dir)
     kept_only = bool(getattr(args, "kept_only", False))
     if getattr(args, "json", False):
         _emit(json.dumps(to_json(s, kept_only, ledger.bad_lines), indent=2))

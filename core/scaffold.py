@@ -47,19 +47,10 @@ def create_workspace(path, profile: str = "cpu", dataset: str = "pystdlib",
         shutil.copyfile(src / name, root / name)
     _apply_profile(root, profile, dataset, time_budget)
     (root / ".gitignore").write_text(GITIGNORE, encoding="utf-8")
+    from .ratchet import identity_env
+
     repo = git.Repo.init(root)
-    if not _has_identity(repo):
-        # a local identity, so commits work on a machine without a global git config
-        with repo.config_writer() as cw:
-            cw.set_value("user", "name", "autoresearch")
-            cw.set_value("user", "email", "autoresearch@localhost")
     repo.git.add("--", ".gitignore", *TRAINER_FILES)
-    repo.git.commit("-q", "--no-verify", "-m", f"autoresearch workspace ({profile} profile, {dataset} data)")
+    with repo.git.custom_environment(**identity_env(repo.git)):
+        repo.git.commit("-q", "--no-verify", "-m", f"autoresearch workspace ({profile} profile, {dataset} data)")
     return Workspace(root)
-
-
-def _has_identity(repo) -> bool:
-    try:
-        return bool(repo.git.config("--get", "user.email").strip() and repo.git.config("--get", "user.name").strip())
-    except Exception:
-        return False

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
-from collections import deque
 from pathlib import Path
 
 from . import pyconst
@@ -140,15 +138,9 @@ def _files_clean(repo) -> bool:
 
 def _commit(repo, message: str) -> str:
     """Commit only constants.py and train.py (other staged work of the user stays staged, uncommitted)."""
-    env = {}
-    for key, var, default in (("user.name", "NAME", "autoresearch"), ("user.email", "EMAIL", "autoresearch@localhost")):
-        try:
-            configured = repo.git.config("--get", key).strip()
-        except Exception:
-            configured = ""
-        if not configured:  # commits must work on a machine without a git identity
-            env[f"GIT_AUTHOR_{var}"] = env[f"GIT_COMMITTER_{var}"] = default
-    with repo.git.custom_environment(**env):
+    from .ratchet import identity_env
+
+    with repo.git.custom_environment(**identity_env(repo.git)):
         repo.git.commit("-q", "--no-verify", "-m", message, "--", *SETUP_FILES)
     return repo.head.commit.hexsha
 
@@ -162,25 +154,23 @@ def run_prepare(root: Path, dataset: str, num_shards: int | None = None) -> None
     if not (root / "prepare.py").is_file():
         raise UserError(f"{root} has no prepare.py; run setup inside a workspace (a copy of the autoresearch "
                         "repository).")
+    from .runner import run
+
     argv = [sys.executable, "prepare.py", "--dataset", dataset]
     if num_shards is not None:
         argv += ["--num-shards", str(num_shards)]
-    tail: deque[str] = deque(maxlen=20)
-    proc = subprocess.Popen(argv, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        assert proc.stdout is not None
-        for raw in iter(proc.stdout.readline, b""):
-            sys.stdout.buffer.write(raw)
-            sys.stdout.flush()
-            line = raw.decode("utf-8", "replace").strip()
-            if line:
-                tail.append(line)
-        rc = proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait()
-        raise
+
+    def echo(data: bytes) -> None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+
+    # in its own process group, like every child of the engine: an interrupt (^C) ends downloads and workers too
+    res = run(argv, cwd=root, env=None, logs=[], timeout=None, cancel=None, on_output=echo)
+    if res.error:
+        raise UserError(f"data preparation could not start: {res.error}; check the Python installation.")
+    rc = res.returncode
     if rc != 0:
+        tail = [ln.strip() for ln in res.tail if ln.strip()]
         last = tail[-1] if tail else f"exit code {rc}"
         last = last.removeprefix("prepare.py: ")
         raise UserError(f"data preparation failed: {last.rstrip('.')}; fix that and run setup again "

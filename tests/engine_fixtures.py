@@ -198,6 +198,9 @@ def make_workspace(path: Path, train: str = FAKE_TRAIN) -> Workspace:
     git(path, "add", "-A")
     git(path, "commit", "-qm", "init")
     make_cache(Path(os.environ["AUTORESEARCH_CACHE"]))
+    # milestone 1's keep rule unless a test asks for the noise rule (--decide noise): no noise runs
+    (path / ".autoresearch").mkdir(exist_ok=True)
+    (path / ".autoresearch" / "config.json").write_text(json.dumps({"decide": "plain"}))
     return Workspace.at(path)
 
 

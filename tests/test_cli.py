@@ -38,12 +38,23 @@ def loop(ws, *args, env=None):
 
 
 def test_not_a_git_repo(tmp_path):
+    (tmp_path / "train.py").write_text("print('hi')\n")
     one_line_error(cli("-C", str(tmp_path), "loop", "--agent", "mutate"), "not a git repository")
     assert not (tmp_path / ".autoresearch").exists()  # nothing written
 
 
+def test_an_empty_git_repo_says_there_is_no_train_py(tmp_path):
+    git(tmp_path, "init", "-q")
+    one_line_error(cli("-C", str(tmp_path), "loop", "--agent", "mutate"), "there is no train.py", "--demo")
+
+
 def test_missing_workspace_folder(tmp_path):
-    one_line_error(cli("-C", str(tmp_path / "nope"), "loop"), "does not exist")
+    for cmd in ("loop", "status", "pause", "results"):
+        one_line_error(cli("-C", str(tmp_path / "nope"), cmd), f"workspace folder {tmp_path / 'nope'} does not exist")
+
+
+def test_status_outside_a_workspace_is_an_error(tmp_path):
+    one_line_error(cli("-C", str(tmp_path), "status"), "is not an autoresearch workspace")
 
 
 def test_dirty_tree(ws):
@@ -59,6 +70,7 @@ def test_detached_head(ws):
 
 def test_repo_without_commits(tmp_path):
     git(tmp_path, "init", "-q")
+    (tmp_path / "train.py").write_text("print('hi')\n")
     one_line_error(cli("-C", str(tmp_path), "loop", "--agent", "mutate"), "no commits")
 
 
@@ -164,7 +176,9 @@ def test_loop_saves_options_and_a_plain_loop_reuses_them(ws, tmp_path):
     saved = json.loads(ws.config_json.read_text())
     assert saved == {"tag": "t", "agent": "command", "agent_cmd": agent_cmd, "model": None, "min_delta": 0.001,
                      "simplify_tolerance": 0.0005, "timeout": 30.0, "agent_timeout": 900.0, "gpus": None,
-                     "slots": None, "lookahead": 1, "agents": None, "executor": "local", "ray_address": None}
+                     "slots": None, "lookahead": 1, "agents": None, "executor": "local", "ray_address": None,
+                     "decide": "plain", "z": 2.0, "noise_runs": None, "confirm": "wins", "early_stop": True,
+                     "max_cost": None}
     r = cli("-C", str(ws.root), "loop", "--max", "1")
     assert r.returncode == 0, r.stderr
     assert meta(ws, "0002")["description"] == "a" and meta(ws, "0002")["tag"] == "t"
@@ -214,3 +228,22 @@ def test_manual_run_is_refused_while_a_pausing_engine_still_trains(tmp_path, cap
         assert "an engine is running" in err and "Traceback" not in err
     finally:
         lock.release()
+
+
+def test_the_engine_and_prepare_py_agree_on_where_a_dataset_lives(tmp_path, monkeypatch):
+    """commands.dataset_dir repeats prepare.dataset_dir's rule without importing torch: they must stay equal."""
+    import importlib.util
+
+    from core.commands import dataset_dir
+
+    spec = importlib.util.spec_from_file_location("prepare_under_test", ROOT / "prepare.py")
+    prepare = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "prepare_under_test", prepare)  # dataclasses look their module up
+    spec.loader.exec_module(prepare)
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "my data, v2"
+    folder.mkdir()
+    for dataset in ("pystdlib", "climbmix", str(folder)):
+        (tmp_path / "constants.py").write_text(f"DATASET = {dataset!r}\n")
+        name, path = dataset_dir(Workspace(tmp_path))
+        assert name == dataset and path == prepare.dataset_dir(dataset), dataset

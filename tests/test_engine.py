@@ -21,6 +21,7 @@ from core.ratchet import Ratchet
 def run_engine(ws, plans, max_experiments, **cfg):
     """One slot and no proposals ahead (milestone 1's strictly sequential loop) unless cfg says otherwise."""
     cfg.setdefault("lookahead", 0)
+    cfg.setdefault("decide", "plain")
     agent = ScriptAgent(plans)
     engine = Engine(ws, LoopConfig(tag="t", max_experiments=max_experiments, **cfg), agent=agent,
                     handle_signals=False, log=lambda msg: None)
@@ -221,7 +222,8 @@ def test_program_md_edits_are_committed_and_ideas_reach_one_prompt(tmp_path):
 def test_failing_agent_pauses_the_engine(tmp_path):
     ws = make_workspace(tmp_path / "ws")
     agent = ScriptAgent([{"exit": 2, "say": "no credits"}] * 3)
-    engine = Engine(ws, LoopConfig(tag="t", max_experiments=10, lookahead=0), agent=agent, handle_signals=False,
+    engine = Engine(ws, LoopConfig(tag="t", max_experiments=10, lookahead=0, decide="plain"), agent=agent,
+                    handle_signals=False,
                     log=lambda m: None)
     t = threading.Thread(target=engine.run)
     t.start()
@@ -236,7 +238,8 @@ def test_failing_agent_pauses_the_engine(tmp_path):
 
 def test_abort_kills_trainer_and_grandchild_then_holds(tmp_path):
     ws = make_workspace(tmp_path / "ws")
-    engine = Engine(ws, LoopConfig(tag="t", max_experiments=5, lookahead=0), agent=ScriptAgent([{"quality": 0.9, "desc": "x"}]),
+    engine = Engine(ws, LoopConfig(tag="t", max_experiments=5, lookahead=0, decide="plain"),
+                    agent=ScriptAgent([{"quality": 0.9, "desc": "x"}]),
                     handle_signals=False, log=lambda m: None)
     run_engine_thread = threading.Thread(target=engine.run)
     set_fake(ws, mode="spawn", sleep=0.1)
@@ -287,7 +290,7 @@ def test_find_best_ignores_train_py_changed_after_measurement(tmp_path):
 
 def test_abort_while_proposing_keeps_the_edit_browsable_and_the_tree_clean(tmp_path):
     ws = make_workspace(tmp_path / "ws")
-    engine = Engine(ws, LoopConfig(tag="t", max_experiments=5, lookahead=0),
+    engine = Engine(ws, LoopConfig(tag="t", max_experiments=5, lookahead=0, decide="plain"),
                     agent=ScriptAgent([{"quality": 0.5, "desc": "slow", "hang": True}]),
                     handle_signals=False, log=lambda m: None)
     t = threading.Thread(target=engine.run)

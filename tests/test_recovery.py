@@ -96,7 +96,8 @@ def _interrupted(ws, exp_id, status="proposing", **fields):
 
 
 def _baseline(ws):
-    Engine(ws, LoopConfig(tag="t", max_experiments=1, lookahead=0), agent=ScriptAgent(), handle_signals=False,
+    Engine(ws, LoopConfig(tag="t", max_experiments=1, lookahead=0, decide="plain"), agent=ScriptAgent(),
+           handle_signals=False,
            log=lambda m: None).run()
 
 

@@ -101,3 +101,29 @@ def test_plot_rejects_unknown_format(ws, capsys):
     assert main(["-C", str(ws), "plot", "-o", str(ws / "p.jpg")]) == 1
     assert "use a file name ending in .png, .svg, .pdf" in capsys.readouterr().err
     assert not (ws / "p.jpg").exists()
+
+
+def test_agent_spending_and_the_confidence_column(ws, capsys):
+    from core.meta import AgentUsage, ExperimentMeta, write_meta
+    exp = ws / ".autoresearch" / "experiments"
+    for i, (usd, est) in enumerate([(0.12, False), (0.30, True), (None, False)], start=1):
+        write_meta(exp / f"{i:04d}", ExperimentMeta(id=f"{i:04d}", tag="t", status="crash" if i == 3 else "keep",
+                                                    agent=AgentUsage(name="claude", input_tokens=1000 * i,
+                                                                     output_tokens=10 * i, cost_usd=usd,
+                                                                     cost_estimated=est)))
+    events = ws / ".autoresearch" / "events.jsonl"
+    events.write_text(json.dumps({"type": "experiment_finished", "id": "0005", "commit": "d2b6e11", "status": "keep",
+                                  "reference": 0.9979, "best": 0.9901, "confidence": "z 3.1 ×2"}) + "\n")
+    assert main(["-C", str(ws), "results"]) == 0
+    out = capsys.readouterr().out
+    # the rejected and crashed proposals' cost counts too; ~ marks a price-table estimate
+    assert "Agent spending: ~$0.42, ~$0.060 per experiment; tokens 6,000 in, 60 out (~: estimated" in out
+    header = next(line for line in out.splitlines() if "commit" in line and "description" in line)
+    assert "conf" in header
+    row = next(line for line in out.splitlines() if "d2b6e11" in line and "keep" in line)  # the table's row
+    assert "z 3.1 ×2" in row
+    assert main(["-C", str(ws), "results", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["agent_cost"] == {"usd": 0.42, "estimated": True, "proposals": 2, "usd_per_experiment": 0.06,
+                                  "input_tokens": 6000, "output_tokens": 60}
+    assert next(r for r in data["rows"] if r["commit"] == "d2b6e11")["confidence"] == "z 3.1 ×2"

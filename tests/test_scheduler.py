@@ -64,6 +64,7 @@ class IdAgent(Agent):
 
 
 def engine(ws, agent, slots=2, lookahead=0, max_experiments=None, **cfg) -> Engine:
+    cfg.setdefault("decide", "plain")
     return Engine(ws, LoopConfig(tag="t", max_experiments=max_experiments, lookahead=lookahead, **cfg),
                   agent=agent, executor=LocalExecutor(ws.root, cpu_slots(slots)), handle_signals=False,
                   log=lambda m: None)

@@ -7,7 +7,17 @@ import time
 
 import pytest
 
-from tests.tui_fixtures import T0, git, make_app, make_upstream_repo, make_workspace, screen_text, write_engine
+from tests.tui_fixtures import (
+    T0,
+    control_files,
+    git,
+    make_app,
+    make_upstream_repo,
+    make_workspace,
+    screen_text,
+    wait_for,
+    write_engine,
+)
 from tui.screens.detail import ExperimentScreen
 from tui.screens.modals import ConfirmScreen, HelpScreen, IdeaScreen
 from tui.widgets.results import ResultsTable
@@ -23,45 +33,38 @@ def anyio_backend():
     return "asyncio"
 
 
-async def wait_for(pilot, cond, timeout=10.0):
-    """Let the app process messages until cond() holds (thread workers deliver asynchronously)."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await pilot.pause(0.05)
-
-
-def control_files(root):
-    d = root / ".autoresearch" / "control"
-    return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
-
-
 async def test_every_pane_renders_its_data(tmp_path):
     root = make_workspace(tmp_path / "ws")
     app = make_app(root)
     async with app.run_test(size=WIDE) as pilot:
         await pilot.pause()
         text = screen_text(app)
-        # header: state, phase, experiment, countdown (training_started_at + budget - now), best and gain
+        # header: state, phase, experiment, its stage, wall time since the trainer started (now - training_started_at)
+        # and the trainer's own training time (14 % of the 300 s budget) against the budget, best and gain
         assert "● running · training" in text
-        assert "exp 0008 · 4:00 left" in text
+        assert "exp 0008 · training · 1:00 elapsed · training 0:42 / 5:00" in text
         assert "best 0.987500 (−0.012500, −1.25% vs baseline)" in text
         assert "~/ws · tag nov26 · branch autoresearch/nov26 · 7 runs: 4 kept, 2 discarded, 1 crashed" in text
         # live log: finished lines scroll, the \r progress is one live line
         assert "compiling..." in text
-        assert "step 00003 | loss 8.2" in text and "step 00001" not in text and "step 00002" not in text
+        assert "step 00003 (14.0%) | loss: 8.2" in text and "step 00001" not in text and "step 00002" not in text
+        # the run panel above the log: what the trainer does, its times, its loss curve (the best run's train.log
+        # has no progress fractions, so there is no curve to compare it with)
+        assert "exp 0008 on slot 0 · training · 1:00 elapsed · training 0:42 / 5:00" in text
+        assert "━ this run  loss 8.200  (loss by progress through the budget)" in text and "best run" not in text
         # GPU gauge
         assert "GPU0 H100 80GB HBM3" in text and "44.0/79.6G" in text and "97%" in text
-        # ratchet: kept commits with val_bpb and delta, side marks for the others
+        # ratchet: kept commits with val_bpb and the delta each was kept on, side marks for the others
         assert "◆ 0000007 0.987500  −0.002700 embedding lr 0.8" in text
         assert "1 discarded, 1 crashed" in text
-        # results table: every row, delta vs best, memory
-        assert "0007  0000007 0.987500      best   43.9 keep" in text
-        assert "0003  0000003 0.998100 +0.010600   51.3 discard [bold red]depth 10[/bold red]" in text
+        # results table: every row, the delta its decision was made on (vs the best before it), memory
+        assert "0007  0000007 0.987500 −0.002700   43.9 keep ◆  embedding lr 0.8" in text
+        assert "0003  0000003 0.998100 +0.003100   51.3 discard [bold red]depth 10[/bold red]" in text
         assert "0004  0000004        —                — crash" in text
-        # chart
+        assert "0001  0000001 1.000000     first   44.0 keep    baseline" in text
+        # chart: title, legend, the crash strip
         assert "val_bpb · 6 runs · best 0.987500 · 1 crashed" in text
+        assert "● kept  • discarded  ✗ crashed  ━ best so far" in text and " crashed│" in text
         assert any(0x2800 < ord(ch) <= 0x28FF for ch in text)
 
 
@@ -181,6 +184,7 @@ async def test_idea_key_queues_an_idea(tmp_path):
         ideas = list((root / ".autoresearch" / "ideas").glob("*.txt"))
         assert [p.read_text().strip() for p in ideas] == ["try [b]rope[/b] base 5e4"]
         assert "1 idea queued" in screen_text(app)
+        assert app.last_message.startswith("idea queued; note that the mutate agent ignores free-text ideas")
         await pilot.press("i", "escape")  # cancelling queues nothing
         await pilot.pause()
         assert len(list((root / ".autoresearch" / "ideas").glob("*.txt"))) == 1
@@ -242,7 +246,9 @@ async def test_enter_opens_the_experiment_detail(tmp_path):
         await pilot.press("right_square_bracket")
         await pilot.pause()
         text = screen_text(app)
-        assert "num_steps" in text and "904" in text and "propose_s" in text
+        assert "metric num_steps" in text and "904" in text and "time proposing" in text
+        assert "Δ vs the best before" in text and "−0.004800" in text and "decided against" in text
+        assert "simplification" not in text and "train.py change" not in text  # no bare flags or empty fields
         await pilot.press("right_square_bracket")
         await pilot.pause()
         text = screen_text(app)
@@ -346,17 +352,18 @@ async def test_small_terminal_uses_tabs_and_stays_usable(tmp_path):
         text = screen_text(app)
         lines = text.split("\n")
         assert len(lines) == 24
-        assert lines[0].startswith(" ● running · training  │  exp 0008 · 4:00 left")
-        assert "Log  Results  Chart  Ratchet  GPU" in text
-        assert "compiling..." in text and "step 00003 | loss 8.2" in text
-        assert "q quit" in lines[-1] and "p pause" in lines[-1]
+        assert lines[0].startswith(" ● running · training  │  exp 0008 · training · 1:00 elapsed · training 0:4")
+        assert "Log  Results  Chart  Ratchet  GPU" in text and "Slots" not in text  # one slot: as it was
+        assert "compiling..." in text and "step 00003 (14.0%) | loss: 8.2" in text
+        assert "q quit" in lines[-1] and "p pause" in lines[-1] and "[] pane" in lines[-1]
         await pilot.press("right_square_bracket")
         await pilot.pause()
         text = screen_text(app)
         lines = text.split("\n")
         assert lines[1].startswith(" try [bold]GELU[/bold]") and lines[2].startswith(" ~/ws · tag nov26")
-        assert "⏎ open" in lines[-1] and "1234 filter" in lines[-1] and "q quit" in lines[-1]
-        assert "0007  0000007 0.987500      best   43.9 keep    embedding lr 0.8" in text
+        assert "⏎ open" in lines[-1] and "[] pane" in lines[-1] and "q quit" in lines[-1]
+        assert "(1 all 2 kept 3 disc 4 crash, / search)" in text  # the keys the footer had no room for
+        assert "0007  0000007 0.987500 −0.002700   43.9 keep ◆  embedding lr 0.8" in text
         assert "0001  0000001 1.000000" in text  # all 7 rows fit
         assert app.screen.query_one(ResultsTable).has_focus
         await pilot.press("down", "enter")
@@ -377,7 +384,9 @@ async def test_small_terminal_uses_tabs_and_stays_usable(tmp_path):
 
 
 @pytest.mark.parametrize("engine", ["running", "paused", "dead"])
-async def test_every_key_fits_the_80_column_footer(tmp_path, engine):
+async def test_the_80_column_footer_keeps_the_keys_that_matter_whole(tmp_path, engine):
+    """80 columns cannot hold every key: the footer leaves out whole keys, the least needed first (the filters,
+    then search, both named in the results title), never squeezing or cutting one."""
     root = make_workspace(tmp_path / "ws", engine=engine)
     app = make_app(root)
     async with app.run_test(size=SMALL) as pilot:
@@ -385,8 +394,15 @@ async def test_every_key_fits_the_80_column_footer(tmp_path, engine):
         await pilot.pause()
         footer = screen_text(app).split("\n")[-1]
         want = {"running": "p pause", "paused": "r resume", "dead": "s start"}[engine]
-        for item in ("⏎ open", want, "a abort", "i idea", "e edit", "/ search", "1234 filter", "? help", "q quit"):
+        for item in ("⏎ open", want, "a abort", "i idea", "e edit", "t agent", "[] pane", "? help", "q quit"):
             assert item in footer, (item, footer)
+        assert footer.rstrip().endswith("q quit") and "…" not in footer
+        assert "1234 filter" not in footer  # dropped first: the results title names 1 2 3 4
+        # a wide terminal shows them all
+        await pilot.resize_terminal(160, 50)
+        await pilot.pause()
+        footer = screen_text(app).split("\n")[-1]
+        assert "/ search" in footer and "1234 filter" in footer and "[] pane" in footer
 
 
 async def test_agent_activity_toggle(tmp_path):
@@ -439,19 +455,29 @@ async def test_live_log_follows_cr_progress_and_a_new_run(tmp_path):
         assert pane.live_text == ""
 
 
-async def test_header_counts_down_with_the_trainers_own_remaining_time(tmp_path):
+async def test_header_shows_the_stage_elapsed_and_training_time_of_a_live_run(tmp_path):
+    """The header follows the trainer through its stages, from its train.log: nothing printed yet (starting),
+    the first untimed steps (warm-up), training with its own training time against the budget, evaluating."""
     root = make_workspace(tmp_path / "ws", run_log=b"")
+    log = root / ".autoresearch" / "experiments" / "0008" / "train.log"
     app = make_app(root, live=True)
     async with app.run_test(size=WIDE) as pilot:
-        await wait_for(pilot, lambda: "exp 0008 · 4:00 left" in screen_text(app))  # estimate: nothing reported
-        with open(root / "run.log", "ab") as f:
-            f.write(b"device: cpu\n\rstep 00000 | loss 9.0 | remaining: 300s\rstep 00001 | loss 8.0 | remaining: 42s ")
+        def header():
+            return screen_text(app).split("\n")[0]
+        await wait_for(pilot, lambda: "exp 0008 · starting train.py · 1:00 elapsed · training 0:00 / 5:00" in header())
+        # the empty log pane says what goes on (the run panel appears with the same sample, laid out a frame later)
+        await wait_for(pilot, lambda: "Python imports torch, loads the data" in screen_text(app))
+        with open(log, "ab") as f:
+            f.write(b"device: cpu\n\rstep 00000 (0.0%) | loss: 9.0 | remaining: 300s")
             f.flush()
-            await wait_for(pilot, lambda: "exp 0008 · 0:42 left" in screen_text(app))
+            await wait_for(pilot, lambda: "exp 0008 · warm-up (untimed steps) · 1:00 elapsed · training 0:00 / 5:00"
+                           in header())
+            f.write(b"\rstep 00001 (14.0%) | loss: 8.0 | remaining: 258s ")
+            f.flush()
+            await wait_for(pilot, lambda: "exp 0008 · training · 1:00 elapsed · training 0:42 / 5:00" in header())
             f.write(b"\n---\nval_bpb: 0.99\n")  # the progress line ended: the evaluation runs
             f.flush()
-            await wait_for(pilot, lambda: "exp 0008 · evaluating" in screen_text(app))
-        assert "over budget" not in screen_text(app)
+            await wait_for(pilot, lambda: "exp 0008 · evaluating · 1:00 elapsed · training 0:42 / 5:00" in header())
 
 
 async def test_live_log_stays_at_the_end_when_lines_overflow_the_pane(tmp_path):
@@ -602,3 +628,64 @@ async def test_keys_typed_in_one_burst_after_i_go_to_the_idea(tmp_path):
         await pilot.press("escape")
         await pilot.pause()
         assert control_files(root) == []
+
+
+async def test_file_changes_wake_the_dashboard_without_polling(tmp_path, monkeypatch):
+    """watchfiles wakes the state reader when results.tsv or engine.json change: with the periodic re-check
+    pushed out to a minute, a new row and a paused engine still show up at once."""
+    import tui.app
+    monkeypatch.setattr(tui.app, "LIVENESS_S", 60.0)
+    root = make_workspace(tmp_path / "ws")
+    app = make_app(root, live=True)
+    async with app.run_test(size=WIDE) as pilot:
+        await wait_for(pilot, lambda: app.snapshot is not None and len(app.snapshot.rows) == 7)
+        await pilot.pause(0.5)  # the watcher is set up
+        with open(root / "results.tsv", "a") as f:
+            f.write("0000008\t0.985000\t44.0\tkeep\tnew best\n")
+        await wait_for(pilot, lambda: len(app.snapshot.rows) == 8, timeout=20)
+        write_engine(root, status="paused", phase="idle", exp_id=None)
+        await wait_for(pilot, lambda: "‖ paused · idle" in screen_text(app), timeout=20)
+
+
+def test_cancelling_the_demo_preparation_ends_the_setup_and_its_children(tmp_path, monkeypatch):
+    """The demo's `autoresearch setup` runs through core.runner.run: quitting while it prepares ends prepare.py
+    and whatever it started (its process group), not only the first process."""
+    import sys
+    import threading
+
+    from core.errors import UserError
+    from core.procs import pid_alive
+    from tui import demo
+    pidfile = tmp_path / "grandchild.pid"
+    script = tmp_path / "fake_setup.py"
+    script.write_text("import subprocess, sys, time\n"
+                      "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+                      f"open({str(pidfile)!r}, 'w').write(str(p.pid))\n"
+                      "print('building the corpus', flush=True)\ntime.sleep(120)\n")
+    monkeypatch.setattr(demo, "setup_command", lambda path: [sys.executable, str(script)])
+    monkeypatch.setattr(demo, "create", lambda path: (path / ".git").mkdir(parents=True) or
+                        (path / "train.py").write_text(""))
+    out, errors = [], []
+    cancel = threading.Event()
+
+    def prepare():
+        try:
+            demo.prepare(tmp_path / "demo", out.append, cancel)
+        except UserError as e:
+            errors.append(str(e))
+
+    t = threading.Thread(target=prepare)
+    t.start()
+    deadline = time.monotonic() + 30
+    while not (pidfile.exists() and pidfile.read_text() and b"building the corpus\n" in b"".join(out)):
+        assert time.monotonic() < deadline, "the fake setup did not start"
+        time.sleep(0.05)
+    grandchild = int(pidfile.read_text())
+    cancel.set()
+    t.join(30)
+    assert not t.is_alive() and errors == ["demo preparation was cancelled."]
+    deadline = time.monotonic() + 10
+    while pid_alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pid_alive(grandchild)
+    assert b"building the corpus" in (tmp_path / "demo" / ".autoresearch" / demo.SETUP_LOG).read_bytes()

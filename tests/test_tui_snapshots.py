@@ -1,4 +1,5 @@
-"""Layout snapshots (SVG) of the dashboard: large grid, 80x24 tabs, experiment detail. Update: --snapshot-update."""
+"""Layout snapshots (SVG) of the dashboard: large grid, 80x24 tabs, experiment detail, the Slots pane. Update:
+--snapshot-update (after looking at the new SVGs)."""
 
 from pathlib import Path
 
@@ -52,3 +53,16 @@ async def test_dashboard_80x24(tmp_path, svg_snapshot):
 
 async def test_experiment_detail(tmp_path, svg_snapshot):
     assert await shot(make_workspace(tmp_path / "ws"), (100, 30), keys=["down", "down", "enter"]) == svg_snapshot
+
+
+async def test_slots_pane(tmp_path, svg_snapshot):
+    from tests.tui_fixtures import StaticGpu, parallel_engine
+    root = make_workspace(tmp_path / "ws")
+    parallel_engine(root, n_slots=3, proposals=2)
+    app = make_app(root, gpu_monitor=StaticGpu.gpus(3))
+    app.animation_level = "none"
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        await pilot.wait_for_scheduled_animations()
+        await pilot.pause()
+        assert app.export_screenshot() == svg_snapshot

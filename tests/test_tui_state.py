@@ -10,8 +10,8 @@ from core.errors import UserError
 from core.ledger import Finished, Row
 from core.status import STALE_AFTER_S
 from core.workspace import Workspace
-from tests.tui_fixtures import T0, big_results, make_upstream_repo, make_workspace, write_engine
-from tui.state import UPSTREAM, WORKSPACE, StateReader, build_rows, classify, parse_engine, read_experiment, tail_bytes
+from tests.tui_fixtures import T0, big_results, make_upstream_repo, make_workspace, parallel_engine, write_engine
+from tui.state import UPSTREAM, WORKSPACE, StateReader, build_rows, classify, parse_engine, read_experiment
 from tui.widgets.results import filter_rows
 
 
@@ -25,12 +25,12 @@ def test_snapshot_of_a_workspace(tmp_path):
     assert snap.branch == "autoresearch/nov26"
     crash = snap.rows[3]
     assert crash.status == "crash" and crash.val_bpb is None and crash.memory_gb is None
-    assert snap.rows[4].gain == pytest.approx(0.9902 - 0.995)
+    assert snap.rows[4].delta == pytest.approx(0.9902 - 0.995) and snap.rows[4].reference == 0.995
+    assert snap.best_exp_id == "0007"
     e = snap.engine
     assert (e.status, e.phase, e.tag, e.agent) == ("running", "training", "nov26", "mutate")
     cur = snap.current
     assert cur.id == "0008" and cur.time_budget == 300 and cur == e.current()
-    assert snap.last_event["type"] == "experiment_finished"
 
 
 def test_engine_liveness(tmp_path):
@@ -84,7 +84,7 @@ def test_rows_are_matched_to_ids_in_order_with_repeated_commits():
     out = build_rows(rows, finished)
     assert [r.exp_id for r in out] == ["0001", "0002", "0003", "0004", None]
     assert [r.label for r in out][-1] == "#5"
-    assert [r.best_before for r in out] == [None, 1.0, 1.0, 1.0, 0.9]
+    assert [r.reference for r in out] == [None, 1.0, 1.0, 1.0, 0.9]
 
 
 def test_events_are_read_incrementally_and_reread_after_truncation(tmp_path):
@@ -101,10 +101,9 @@ def test_events_are_read_incrementally_and_reread_after_truncation(tmp_path):
     offset = reader._events_offset
     snap = reader.load()
     assert snap.rows[-1].exp_id == "0008" and reader._events_offset > offset
-    assert snap.last_event["id"] == "0008"
     events.write_text(json.dumps({"ts": T0, "type": "engine_started", "id": None}) + "\n")
     snap = reader.load()
-    assert all(r.exp_id is None for r in snap.rows) and snap.last_event["type"] == "engine_started"
+    assert all(r.exp_id is None for r in snap.rows)
 
 
 def test_signature_changes_with_the_files(tmp_path):
@@ -154,17 +153,67 @@ def test_ten_thousand_rows_open_in_under_a_second_and_filter_fast(tmp_path):
     assert filtered < 0.2
 
 
-def test_read_experiment_and_tail_bytes(tmp_path):
+def test_read_experiment(tmp_path):
     root = make_workspace(tmp_path / "ws")
     files = read_experiment(root, "0004")
     assert files.meta["status"] == "crash" and files.metrics == {} and "MATRIX_LR" in files.diff
     assert files.train_log.name == "train.log" and files.agent_log.name == "agent.log"
     assert read_experiment(root, None).diff is None
-    big = tmp_path / "big.log"
-    big.write_bytes(b"".join(b"line %d\n" % i for i in range(100_000)))
-    data = tail_bytes(big, 1000)
-    assert data.endswith(b"line 99999\n") and data.startswith(b"line ") and len(data) <= 1000
-    assert tail_bytes(tmp_path / "missing") == b""
+
+
+def test_deltas_are_the_numbers_decisions_were_made_on(tmp_path):
+    """A row's delta is against the best it was decided against (the events' `reference`), never today's best:
+    it does not move when a later run is kept, and a run decided against an older best (it trained while
+    another slot kept something) shows that older best."""
+    from core.ledger import Finished
+    rows = [Row("aaaaaaa", 1.0, 1.0, "keep", "baseline"), Row("bbbbbbb", 0.99, 1.0, "keep", "b"),
+            Row("ccccccc", 0.995, 1.0, "discard", "c"), Row("ddddddd", 0.98, 1.0, "keep", "d")]
+    finished = [Finished("0001", "aaaaaaa", "keep", None, 1.0), Finished("0002", "bbbbbbb", "keep", 1.0, 0.99),
+                # 0003 started from the baseline and finished after 0002 was kept: decided against 1.0
+                Finished("0003", "ccccccc", "discard", 1.0, 0.99), Finished("0004", "ddddddd", "keep", 0.99, 0.98)]
+    before = build_rows(rows[:3], finished[:3])
+    after = build_rows(rows, finished)
+    assert [r.delta for r in before] == [r.delta for r in after[:3]]
+    assert [None if r.delta is None else round(r.delta, 6) for r in after] == [None, -0.01, -0.005, -0.01]
+    assert after[0].reference is None and after[0].val_bpb == 1.0
+    assert [r.best_after for r in after] == [1.0, 0.99, 0.99, 0.98]
+
+
+def test_best_is_the_engines_best_after_the_last_decision(tmp_path):
+    """As `autoresearch results` says (core.report): the best after the last decision, which a revert can make
+    differ from the lowest kept val_bpb in results.tsv."""
+    from core.report import summarize
+    root = make_workspace(tmp_path / "ws", engine="stopped")
+    events = root / ".autoresearch" / "events.jsonl"
+    with open(root / "results.tsv", "a") as f:
+        f.write("0000009\t0.970000\t44.0\tkeep\tlucky\n")
+    with open(events, "a") as f:  # kept, then the engine found it not reproducible and went back to 0007
+        f.write(json.dumps({"ts": T0, "type": "experiment_finished", "id": "0009", "status": "keep",
+                            "commit": "0000009", "reference": 0.9875, "best": 0.9875}) + "\n")
+    snap = StateReader(root).load()
+    from core import ledger
+    from core.events import read_finished
+    cli = summarize(ledger.read(root / "results.tsv"), read_finished(events))
+    assert snap.best == cli.best.val_bpb == 0.9875 and snap.best_commit == cli.best.commit == "0000007"
+    assert snap.best_exp_id == "0007"
+
+
+def test_parallel_engine_state(tmp_path):
+    root = make_workspace(tmp_path / "ws")
+    snap = StateReader(root).load()
+    assert not snap.parallel and len(snap.slots) == 1 and snap.running[0].experiment == "0008"
+    running = parallel_engine(root, n_slots=3, proposals=2)
+    snap = StateReader(root).load()
+    assert snap.parallel and [s.label for s in snap.slots] == ["GPU 0", "GPU 1", "GPU 2"]
+    assert [s.experiment for s in snap.running] == running == ["0008", "0009"]
+    assert [p.id for p in snap.proposals] == ["0011", "0012"]
+    # one slot with lookahead 0 and nothing ahead: milestone 1's dashboard
+    write_engine(root, status="running", phase="training", options={"slots": 1, "lookahead": 0})
+    assert not StateReader(root).load().parallel
+    # a dead engine's slots say nothing about now
+    write_engine(root, status="stopped", phase="idle", exp_id=None)
+    snap = StateReader(root).load()
+    assert snap.slots == () and snap.proposals == () and not snap.parallel
 
 
 def test_ideas_are_counted(tmp_path):

@@ -23,6 +23,10 @@ EXPERIMENTS = [
     ("0007", "keep", 0.987500, 43.9, "embedding lr 0.8"),
 ]
 
+# the running experiment's output so far (our train.py's format): 42 s of its 300 s budget trained (14 %)
+RUN_LOG = (b"compiling...\nstep 00001 (0.0%) | loss: 9.1 | remaining: 300s\rstep 00002 (5.0%) | loss: 8.7 | "
+           b"remaining: 285s\rstep 00003 (14.0%) | loss: 8.2 | remaining: 258s [bold red]boom[/] \x1b[31mred\x1b[0m")
+
 TRAIN_PY = "DEPTH = 8  # layers\nMATRIX_LR = 0.04  # muon lr\nprint('training')\n"
 
 
@@ -61,8 +65,12 @@ _LOCKS: dict = {}  # workspace -> EngineLock held by this test process, so the e
 
 def write_engine(root: Path, *, status="running", phase="training", pid=None, exp_id="0008",
                  description="try [bold]GELU[/bold] \x1b[2J", training_started_at=T0 - 60, time_budget=300.0,
-                 hostname=None, best=0.9875, baseline=1.0, updated_at=T0) -> None:
-    """engine.json as the engine writes it (core.status), for a live engine (this process, holding the lock)."""
+                 hostname=None, best=0.9875, best_commit=None, baseline=1.0, updated_at=T0, slots=None,
+                 proposals=None, options=None) -> None:
+    """engine.json as the engine writes it (core.status), for a live engine (this process, holding the lock).
+
+    slots/proposals: core.status SlotRun/Proposal tuples for a scheduler with several runs in flight (see
+    parallel_engine); without them, one slot as milestone 1's engine writes it."""
     import socket
 
     from core.lock import EngineLock
@@ -71,18 +79,22 @@ def write_engine(root: Path, *, status="running", phase="training", pid=None, ex
 
     state = root / ".autoresearch"
     state.mkdir(parents=True, exist_ok=True)
-    slots = (SlotRun("0", label="slot 0"),)
-    proposals = ()
+    one_slot, one_prop = (SlotRun("0", label="slot 0"),), ()
     if exp_id is not None and phase in ("proposing", "validating"):
-        proposals = (Proposal(exp_id, base=_sha(7), state=phase, description=description, started_at=T0 - 90),)
+        one_prop = (Proposal(exp_id, base=_sha(7), state=phase, description=description, started_at=T0 - 90),)
     elif exp_id is not None:
-        slots = (SlotRun("0", label="slot 0", phase="training" if phase == "training" else "recording",
-                         experiment=exp_id, commit=_sha(int(exp_id)), description=description, started_at=T0 - 90,
-                         training_started_at=training_started_at, time_budget=time_budget),)
+        one_slot = (SlotRun("0", label="slot 0", phase="training" if phase == "training" else "recording",
+                            experiment=exp_id, commit=_sha(int(exp_id)), description=description,
+                            started_at=T0 - 90, training_started_at=training_started_at, time_budget=time_budget),)
+    if slots is None and proposals is None:
+        slots, proposals = one_slot, one_prop
+    if slots is not None or proposals is not None:
+        slots, proposals = tuple(slots or ()), tuple(proposals or ())
     st = EngineStatus(pid=pid if pid is not None else os.getpid(), hostname=hostname or socket.gethostname(),
                       status=status, phase=phase, tag="nov26", branch="autoresearch/nov26", agent="mutate",
-                      best=Best(_sha(7), best), baseline_val_bpb=baseline, experiments_done=7, updated_at=updated_at,
-                      heartbeat_at=updated_at, slots=slots, proposals=proposals)
+                      best=Best(best_commit or _sha(7), best), baseline_val_bpb=baseline, experiments_done=7,
+                      updated_at=updated_at, heartbeat_at=updated_at, slots=slots, proposals=proposals,
+                      options=options or {})
     (state / "engine.json").write_text(json.dumps(st.to_json()))
     key = str(root.resolve())
     if status != "stopped" and pid is None and key not in _LOCKS:
@@ -133,9 +145,10 @@ def make_workspace(root: Path, *, engine: str | None = "running", phase: str = "
     cur = state / "experiments" / "0008"
     cur.mkdir(exist_ok=True)
     (cur / "agent.log").write_text("mutate: MATRIX_LR 0.04 -> 0.045 [red]x[/red]\n")
-    (root / "run.log").write_bytes(run_log if run_log is not None else
-                                   b"compiling...\nstep 00001 | loss 9.1\rstep 00002 | loss 8.7\r"
-                                   b"step 00003 | loss 8.2 [bold red]boom[/] \x1b[31mred\x1b[0m")
+    log = (run_log if run_log is not None else RUN_LOG)
+    # the engine streams the running trainer's output to both: run.log (upstream's) and the experiment's train.log
+    (root / "run.log").write_bytes(log)
+    (cur / "train.log").write_bytes(log)
     if engine == "dead":
         write_engine(root, status="running", pid=_dead_pid())
     elif engine == "stopped":
@@ -143,6 +156,53 @@ def make_workspace(root: Path, *, engine: str | None = "running", phase: str = "
     elif engine is not None:
         write_engine(root, status=engine, phase=phase)
     return root
+
+
+def progress_log(steps: int, *, budget: float = 300.0, start_loss: float = 9.0, rate: float = 1.0,
+                 done: bool = False) -> bytes:
+    """A trainer's output in our train.py's format: the device line, `\r` progress updates (the first two steps
+    untimed, as while compiling), and the summary once done."""
+    out = [b"device: cpu | params: 11.5M | depth 4 | budget %ds\n" % int(budget)]
+    for i in range(steps):
+        frac = max(0.0, (i - 2) / max(1, steps - 2)) * (1.0 if done else 0.6)
+        loss = 3.0 + (start_loss - 3.0) * (0.97 ** (i * rate))
+        out.append(b"\rstep %05d (%.1f%%) | loss: %.6f | lrm: 1.00 | dt: 90ms | tok/sec: 5,000 | mfu: n/a | "
+                   b"epoch: 1 | remaining: %ds    " % (i, 100 * frac, loss, round(budget * (1 - frac))))
+    if done:
+        out.append(b"\n---\nval_bpb:          0.987500\n")
+    return b"".join(out)
+
+
+def parallel_engine(root: Path, n_slots: int = 3, proposals: int = 1, *, gpu: bool = True, now: float = T0,
+                    free: int = 1) -> list[str]:
+    """A scheduler's engine.json: n_slots slots (GPU i each), all but the last `free` running an experiment at
+    a different stage, and proposals in flight; each running experiment gets a train.log. The best run (0007)
+    gets a finished log, the curve to beat. Returns the running experiment ids."""
+    from core.status import Proposal, SlotRun
+    exp_dir = root / ".autoresearch" / "experiments"
+    (exp_dir / "0007" / "train.log").write_bytes(progress_log(60, done=True))
+    stages = [progress_log(40, rate=1.3), b"device: cpu | params: 11.5M\n", b""]
+    slots, running = [], []
+    for i in range(n_slots):
+        exp_id = f"{8 + i:04d}"
+        label = f"GPU {i}" if gpu else f"CPU {i + 1}/{n_slots}"
+        if i >= n_slots - free and n_slots > 1:
+            slots.append(SlotRun(str(i), label=label, gpu=i if gpu else None))  # a free slot
+            continue
+        d = exp_dir / exp_id
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "train.log").write_bytes(stages[i % len(stages)])
+        (d / "agent.log").write_text(f"agent for {exp_id}\n")
+        slots.append(SlotRun(str(i), label=label, gpu=i if gpu else None, phase="training", experiment=exp_id,
+                             commit=_sha(8 + i), description=f"slot {i} idea [b]{i}[/b]", started_at=now - 200 + 30 * i,
+                             training_started_at=now - 120 + 30 * i, time_budget=300.0))
+        running.append(exp_id)
+    props = [Proposal(f"{8 + n_slots + k:04d}", base=_sha(7), state="proposing" if k == 0 else "ready",
+                      description="" if k == 0 else "ready proposal", idea="try rope base 5e4" if k == 0 else None,
+                      started_at=now - 40) for k in range(proposals)]
+    write_engine(root, status="running", phase="training", slots=slots, proposals=props, updated_at=now,
+                 options={"slots": n_slots, "lookahead": proposals})
+    return running
 
 
 def _dead_pid() -> int:
@@ -186,8 +246,32 @@ class StaticGpu:
             index=0, name="NVIDIA H100 80GB HBM3", memory_used_mb=45060.2, memory_total_mb=81559.0,
             utilization_percent=97.0, temperature_c=65.0, power_w=350.0, power_limit_w=700.0),), ts=T0)
 
+    @classmethod
+    def gpus(cls, n: int, process_mb: float | None = 41000.0) -> "StaticGpu":
+        """n H100s, each with a trainer holding process_mb (what NVML reports for the pids asked about)."""
+        from core.gpu import GpuInfo, GpuSample
+        return cls(GpuSample(available=True, gpus=tuple(GpuInfo(
+            index=i, name="NVIDIA H100 80GB HBM3", memory_used_mb=45060.2 - 9000 * i, memory_total_mb=81559.0,
+            utilization_percent=97.0 - 30 * i, temperature_c=65.0, power_w=350.0, power_limit_w=700.0,
+            process_memory_mb=process_mb) for i in range(n)), ts=T0))
+
     def sample(self, pids=()):
         return self._sample
+
+
+async def wait_for(pilot, cond, timeout: float = 10.0) -> None:
+    """Let the app process messages until cond() holds (thread workers deliver asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await pilot.pause(0.05)
+
+
+def control_files(root: Path) -> list[str]:
+    """The control commands waiting for the engine (.autoresearch/control/)."""
+    d = root / ".autoresearch" / "control"
+    return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
 
 
 def screen_text(app) -> str:

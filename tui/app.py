@@ -28,13 +28,13 @@ from textual.worker import get_current_worker
 
 from core.errors import UserError
 
-from .messages import DemoPrepared, EngineStartFinished, GpuSampled, StateChanged
+from .messages import DemoPrepared, EngineStartFinished, MonitorSampled, StateChanged
 from .state import WORKSPACE, StateReader, classify
 
-STATE_POLL_S = 0.5  # one stat() per state file; a full reload only when something changed
 LIVENESS_S = 2.0  # re-check the engine pid even when no file changed (kill -9 leaves engine.json behind)
-GPU_POLL_S = 1.0
-PID_SCAN_S = 5.0  # the engine's process tree is re-read from /proc this often (or when its child changes)
+SAMPLE_S = 1.0  # GPUs, CPU, memory and the runs' progress: one sample a second
+# the files a snapshot is made of; watchfiles wakes the state reader when one of them changes
+STATE_FILES = {"results.tsv", "engine.json", "events.jsonl", "HEAD"}
 
 
 def start_engine_detached(root: Path, extra: list[str] | None = None, wait_s: float = 90.0) -> tuple[bool, str]:
@@ -91,13 +91,11 @@ class DashboardApp(App):
         self.demo_ready = not demo
         self._reader: StateReader | None = None
         self._stop = threading.Event()
-        self._reload = threading.Event()
+        self._reload = threading.Event()  # set to re-read the state now (also set when the app quits)
         self.last_message = ""
-        self._pids: list[int] = []
-        self._pid_key = None
-        self._pid_scan_at = 0.0
-        self._gpu_wake = threading.Event()
-        self._gpu_at = 0.0
+        self._monitor = None
+        self._sample_wake = threading.Event()
+        self._sample_at = 0.0
 
     # --- lifecycle ---
     def get_default_screen(self):
@@ -122,31 +120,31 @@ class DashboardApp(App):
             self.run_worker(self._prepare_demo, thread=True, exclusive=True, exit_on_error=False,
                             group="demo-prepare")
         if self.live:
-            self.run_worker(self._poll_state, thread=True, exclusive=True, exit_on_error=False, group="state-poll")
-            self.run_worker(self._poll_gpu, thread=True, exclusive=True, exit_on_error=False, group="gpu-poll")
-            self.set_interval(GPU_POLL_S, self._tick)
+            self.run_worker(self._watch_state, thread=True, exclusive=True, exit_on_error=False, group="state-watch")
+            self.run_worker(self._sample_loop, thread=True, exclusive=True, exit_on_error=False, group="monitor")
+            self.set_interval(SAMPLE_S, self._tick)
         else:
             self.reload_state()
             if self.gpu_monitor is not None:
-                self._apply_gpu(self._sample_gpu())
+                self._apply_sample(self._take_sample())
 
     def on_unmount(self) -> None:
         self._stop.set()
-        self._reload.set()  # wakes the state poller so its thread ends now
-        self._gpu_wake.set()
+        self._reload.set()  # wakes the state watcher so its thread ends now
+        self._sample_wake.set()
 
     def _tick(self) -> None:
-        """1 Hz: wake the GPU sampler; its result repaints the gauge and the header's clock in one frame
+        """1 Hz: wake the sampler; its result repaints the gauges, the runs and the header's clock in one frame
         (two separate repaints a second were a third of an idle dashboard's CPU)."""
-        self._gpu_wake.set()
-        if time.monotonic() - self._gpu_at > 2 * GPU_POLL_S:  # the sampler is stuck (a hung driver call)
+        self._sample_wake.set()
+        if time.monotonic() - self._sample_at > 2 * SAMPLE_S:  # the sampler is stuck (a hung driver call)
             self._refresh_clock()
 
     def _refresh_clock(self) -> None:
-        # the header's clock (countdown, time in phase) moves only while an experiment runs
+        # the header's clock (time in phase, elapsed) moves only while an experiment runs
         dash = self.dashboard
         if dash is not None and self.snapshot is not None and self.snapshot.current is not None:
-            dash.query_one("#header").refresh()
+            dash.refresh_clock()
 
     # --- state ---
     def _make_reader(self) -> StateReader | None:
@@ -163,28 +161,36 @@ class DashboardApp(App):
         if reader is not None:
             self._apply_snapshot(reader.load())
 
-    def _poll_state(self) -> None:
+    def _watch_state(self) -> None:
+        """Re-read the state when one of its files changes (watchfiles), and every LIVENESS_S anyway: a killed
+        engine changes no file, and a filesystem shared with another host may not report its changes."""
+        from .watch import ChangeWaiter
         last_sig = None
         last_snap = None
         last_load = 0.0
         worker = get_current_worker()
-        while not self._stop.is_set() and not worker.is_cancelled:
-            reader = self._make_reader()
-            if reader is not None:
-                try:
-                    sig = reader.signature()
-                    now = time.monotonic()
-                    if sig != last_sig or now - last_load >= LIVENESS_S or self._reload.is_set():
-                        self._reload.clear()
-                        snap = reader.load()
-                        last_sig, last_load = sig, now
-                        # an unchanged snapshot would only make the UI redo its layout: idle CPU stays low
-                        if last_snap is None or dataclasses.replace(snap, loaded_at=0) != last_snap:
-                            last_snap = dataclasses.replace(snap, loaded_at=0)
-                            self.post_message(StateChanged(snap))
-                except Exception as e:  # a transient read error must not stop the updates
-                    self.log.warning(f"state poll: {e!r}")
-            self._reload.wait(STATE_POLL_S)
+        ws_dirs = [self.root, self.root / ".autoresearch", self.root / ".git"]
+        waiter = ChangeWaiter(ws_dirs, STATE_FILES, self._reload, LIVENESS_S)
+        try:
+            while not self._stop.is_set() and not worker.is_cancelled:
+                reader = self._make_reader()
+                if reader is not None:
+                    try:
+                        sig = reader.signature()
+                        now = time.monotonic()
+                        if sig != last_sig or now - last_load >= LIVENESS_S or self._reload.is_set():
+                            self._reload.clear()
+                            snap = reader.load()
+                            last_sig, last_load = sig, now
+                            # an unchanged snapshot would only make the UI redo its layout: idle CPU stays low
+                            if last_snap is None or dataclasses.replace(snap, loaded_at=0) != last_snap:
+                                last_snap = dataclasses.replace(snap, loaded_at=0)
+                                self.post_message(StateChanged(snap))
+                    except Exception as e:  # a transient read error must not stop the updates
+                        self.log.warning(f"state watch: {e!r}")
+                waiter.wait()  # a reload (or quitting) sets _reload, which ends the wait at once
+        finally:
+            waiter.close()
 
     def on_state_changed(self, message: StateChanged) -> None:
         self._apply_snapshot(message.snapshot)
@@ -195,67 +201,53 @@ class DashboardApp(App):
         if dash is not None:
             dash.apply_snapshot(snap)
 
-    # --- GPU ---
-    def _sample_gpu(self) -> GpuSampled:
-        from core import gpu, procs
-        if self.gpu_monitor is None:
-            self.gpu_monitor = gpu.GpuMonitor()
-        snap = self.snapshot
-        engine_pid = snap.engine.pid if snap is not None and snap.engine_alive else None
-        trainer = engine = None
-        pids: list[int] = []
-        if engine_pid:
-            # a scan of every /proc/*/stat is most of an idle dashboard's CPU: reuse the tree for a few
-            # seconds unless the engine reports another child (a new trainer or agent)
-            key = (engine_pid, tuple(c.pid for c in snap.engine.children()))
-            now = time.monotonic()
-            if key != self._pid_key or now - self._pid_scan_at >= PID_SCAN_S:
-                self._pids = procs.descendants(engine_pid)
-                self._pid_key, self._pid_scan_at = key, now
-            pids = [p for p in self._pids if procs.pid_alive(p)]
-            engine = procs.rss_mb(engine_pid)
-            if pids:
-                trainer = procs.tree_rss_mb(pids)
-        sample = self.gpu_monitor.sample(pids=pids)
-        return GpuSampled(sample, trainer, engine)
+    # --- GPUs, CPU, memory, runs ---
+    def _take_sample(self):
+        from .monitor import Monitor
+        if self._monitor is None:
+            if self.gpu_monitor is None:
+                from core.gpu import GpuMonitor
+                self.gpu_monitor = GpuMonitor()
+            self._monitor = Monitor(self.gpu_monitor, self.root / ".autoresearch" / "experiments", clock=self.clock)
+        return self._monitor.sample(self.snapshot)
 
-    def _poll_gpu(self) -> None:
+    def _sample_loop(self) -> None:
         worker = get_current_worker()
         while not self._stop.is_set() and not worker.is_cancelled:
             try:
-                self.post_message(self._sample_gpu())
+                self.post_message(MonitorSampled(self._take_sample()))
             except Exception as e:
-                self.log.warning(f"gpu poll: {e!r}")
-            self._gpu_wake.wait(2 * GPU_POLL_S)  # the 1 Hz tick wakes it
-            self._gpu_wake.clear()
+                self.log.warning(f"monitor: {e!r}")
+            self._sample_wake.wait(2 * SAMPLE_S)  # the 1 Hz tick wakes it
+            self._sample_wake.clear()
 
-    def on_gpu_sampled(self, message: GpuSampled) -> None:
-        self._gpu_at = time.monotonic()
-        self._apply_gpu(message)
-        self._refresh_clock()
+    def on_monitor_sampled(self, message: MonitorSampled) -> None:
+        self._sample_at = time.monotonic()
+        self._apply_sample(message.sample)
 
-    def _apply_gpu(self, message: GpuSampled) -> None:
+    def _apply_sample(self, sample) -> None:
         dash = self.dashboard
         if dash is not None:
-            dash.apply_gpu(message)
+            dash.apply_sample(sample)  # also repaints the header's clock
 
     # --- commands ---
     def _workspace(self):
         from core.workspace import Workspace
         return Workspace(self.root)
 
-    def _say(self, text: str, severity: str = "information") -> None:
+    def say(self, text: str, severity: str = "information") -> None:
         self.last_message = text
         self.notify(text, severity=severity, markup=False)
 
-    def send_control(self, command: str) -> None:
+    def send_control(self, command: str, exp_id: str | None = None) -> None:
+        """A control command for the engine; exp_id: abort that run only (several slots), the others go on."""
         from core import control
         try:
-            control.send(self._workspace(), command)
-        except OSError as e:
-            self._say(f"could not send {command}: {e}", "error")
+            control.send(self._workspace(), command, exp_id=exp_id)
+        except (OSError, ValueError) as e:
+            self.say(f"could not send {command}: {e}", "error")
             return
-        self._say(f"{command} sent to the engine")
+        self.say(f"{command} of {exp_id} sent to the engine" if exp_id else f"{command} sent to the engine")
         self._reload.set()
 
     def queue_idea(self, text: str) -> None:
@@ -263,9 +255,15 @@ class DashboardApp(App):
         try:
             control.queue_idea(self._workspace(), text)
         except (OSError, ValueError) as e:
-            self._say(f"could not queue the idea: {e}", "error")
+            self.say(f"could not queue the idea: {e}", "error")
             return
-        self._say("idea queued for the next proposal")
+        snap = self.snapshot
+        agent = snap.engine.agent if snap is not None and snap.engine is not None else None
+        if agent == "mutate":  # it perturbs constants only: say so instead of letting the idea vanish
+            self.say("idea queued; note that the mutate agent ignores free-text ideas (claude, codex and anthropic "
+                     "read them)", "warning")
+        else:
+            self.say("idea queued for the next proposal")
         self._reload.set()
         if not self.live:
             self.reload_state()
@@ -294,9 +292,9 @@ class DashboardApp(App):
         dash = self.dashboard
         dash.query_one("#header").starting = False
         if message.ok:
-            self._say(message.detail or "engine started")
+            self.say(message.detail or "engine started")
         else:
-            self._say(f"the engine did not start: {message.detail}", "error")
+            self.say(f"the engine did not start: {message.detail}", "error")
         self._reload.set()
         self.reload_state()
         dash.refresh_bindings()
@@ -328,7 +326,7 @@ class DashboardApp(App):
             except SuspendNotSupported:  # headless (tests) or a web driver: run it without the terminal
                 rc = subprocess.call(argv, stdin=subprocess.DEVNULL)
         except OSError as e:
-            self._say(f"could not run the editor {editor!r}: {e}; set $EDITOR.", "error")
+            self.say(f"could not run the editor {editor!r}: {e}; set $EDITOR.", "error")
             return
         edited = target.read_text(encoding="utf-8", errors="replace") if target.exists() else original
         if via_engine:
@@ -336,13 +334,13 @@ class DashboardApp(App):
         elif pending is not None:
             control.program_pending_path(ws).unlink(missing_ok=True)  # its text is in program.md now
         if rc != 0:
-            self._say(f"the editor exited with code {rc}; program.md is unchanged", "warning")
+            self.say(f"the editor exited with code {rc}; program.md is unchanged", "warning")
         elif edited == original:
-            self._say("program.md unchanged")
+            self.say("program.md unchanged")
         else:
             if via_engine:
                 control.submit_program(ws, edited)
-            self._say("program.md saved; the agent uses it from the next proposal")
+            self.say("program.md saved; the agent uses it from the next proposal")
 
     def action_help(self) -> None:
         from .screens.modals import HelpScreen
@@ -354,7 +352,7 @@ class DashboardApp(App):
         from . import demo
         pane = self.dashboard.query_one("#train-log")
         try:
-            demo.prepare(self.root, pane.feed_external, cancelled=self._stop.is_set)
+            demo.prepare(self.root, pane.feed_external, cancel=self._stop)
         except UserError as e:
             self.post_message(DemoPrepared(False, str(e)))
             return
@@ -371,7 +369,7 @@ class DashboardApp(App):
         self.dashboard.refresh_bindings()
         if not message.ok:
             header.set_notice(f"demo workspace: {self.root} · {message.detail}")
-            self._say(message.detail, "error")
+            self.say(message.detail, "error")
             return
         header.set_notice(f"demo workspace: {self.root} ({demo.DEMO_PROFILE} profile, {demo.DEMO_DATASET} data, "
                           f"{demo.DEMO_AGENT} agent)")

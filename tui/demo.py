@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -20,6 +20,7 @@ DEMO_PROFILE = "cpu"
 DEMO_DATASET = "pystdlib"
 DEMO_AGENT = "mutate"
 MARKER = "demo.json"  # in .autoresearch/ (git-ignored): the data for this workspace was prepared
+SETUP_LOG = "demo-setup.log"  # in .autoresearch/: the output of the preparation, kept for a failure's reader
 
 
 def cache_root() -> Path:
@@ -70,33 +71,27 @@ def create(path: Path) -> None:
     create_workspace(path, profile=DEMO_PROFILE, dataset=DEMO_DATASET, time_budget=DEMO_TIME_BUDGET)
 
 
-def prepare(path: Path, on_output: Callable[[bytes], None], cancelled: Callable[[], bool] = lambda: False) -> None:
+def prepare(path: Path, on_output: Callable[[bytes], None], cancel: threading.Event | None = None) -> None:
     """Create the workspace if needed, then run `autoresearch setup` once, streaming its output.
 
-    The first run builds the offline corpus and trains the tokenizer (a minute or two on a CPU).
+    The first run builds the offline corpus and trains the tokenizer (a minute or two on a CPU). The setup runs
+    through core.runner.run like every child of autoresearch: in its own process group, so that cancelling
+    (quitting the dashboard sets `cancel`) ends prepare.py and its helpers too.
     """
+    from core.runner import run
     if not is_created(path):
         on_output(f"creating the demo workspace in {path}\n".encode())
         create(path)
     if is_prepared(path):
         return
     on_output(b"preparing data: building the offline corpus and tokenizer (first run only)\n")
-    proc = subprocess.Popen(setup_command(path), cwd=path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
-    assert proc.stdout is not None
-    try:
-        while True:
-            chunk = proc.stdout.read1(65536)
-            if not chunk:
-                break
-            on_output(chunk)
-            if cancelled():
-                proc.terminate()
-                raise UserError("demo preparation was cancelled.")
-    finally:
-        rc = proc.wait()
-    if rc != 0:
-        raise UserError(f"preparing the demo data failed (exit code {rc}); see the log above, then run "
+    log = path / ".autoresearch" / SETUP_LOG
+    res = run(setup_command(path), cwd=path, env=None, logs=[log], timeout=None, cancel=cancel, on_output=on_output)
+    if res.cancelled:
+        raise UserError("demo preparation was cancelled.")
+    if res.error or res.returncode != 0:
+        why = res.error or f"exit code {res.returncode}"
+        raise UserError(f"preparing the demo data failed ({why}); see the log above ({log}), then run "
                         f"`autoresearch -C {path} setup --profile {DEMO_PROFILE} --dataset {DEMO_DATASET}`.")
     marker = path / ".autoresearch" / MARKER
     marker.parent.mkdir(parents=True, exist_ok=True)

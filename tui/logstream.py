@@ -70,7 +70,6 @@ class LogStream:
     def __init__(self, max_lines: int = 2000, max_line_chars: int = 2000, max_partial_chars: int = 65536):
         self.lines: deque[str] = deque(maxlen=max_lines)
         self.live: str = ""
-        self.total_lines = 0  # finished lines ever seen (including those that fell out of the deque)
         self.max_lines = max_lines
         self.max_line_chars = max_line_chars
         self.max_partial_chars = max_partial_chars
@@ -80,7 +79,6 @@ class LogStream:
     def reset(self) -> None:
         self.lines.clear()
         self.live = ""
-        self.total_lines = 0
         self._decoder.reset()
         self._partial = ""
 
@@ -91,15 +89,9 @@ class LogStream:
             return []
         return self._feed_text(text)
 
-    def flush(self) -> list[str]:
-        """End of stream: the unfinished line becomes a finished one."""
-        text = self._decoder.decode(b"", final=True) + "\n"
-        return self._feed_text(text) if (self._partial or text.strip()) else []
-
     def _feed_text(self, text: str) -> list[str]:
         parts = (self._partial + text).split("\n")
         partial = parts.pop()
-        self.total_lines += len(parts)
         # Lines that would fall out of the deque anyway are not even sanitised: at 10,000 lines/s the
         # UI needs only what it can show.
         if len(parts) > self.max_lines:

@@ -16,17 +16,15 @@ class StateChanged(Message):
         return isinstance(message, StateChanged)
 
 
-class GpuSampled(Message):
-    """One GPU poll (core.gpu.GpuSample) plus the trainer's resident memory for the no-GPU state."""
+class MonitorSampled(Message):
+    """One monitor sample (tui.monitor.Sample: GPUs, CPU and memory, each slot's run); only the newest matters."""
 
-    def __init__(self, sample, trainer_rss_mb: float | None = None, engine_rss_mb: float | None = None) -> None:
+    def __init__(self, sample) -> None:
         super().__init__()
         self.sample = sample
-        self.trainer_rss_mb = trainer_rss_mb
-        self.engine_rss_mb = engine_rss_mb
 
     def can_replace(self, message: Message) -> bool:
-        return isinstance(message, GpuSampled)
+        return isinstance(message, MonitorSampled)
 
 
 class LogAppended(Message):
@@ -40,24 +38,13 @@ class LogAppended(Message):
         return isinstance(message, LogAppended) and message.pane is self.pane
 
 
-class LiveLineChanged(Message):
-    """A log pane's live (`\r` progress) line changed; the header reads the trainer's own countdown from it."""
-
-    def __init__(self, pane, text: str) -> None:
-        super().__init__()
-        self.pane = pane
-        self.text = text
-
-    def can_replace(self, message: Message) -> bool:
-        return isinstance(message, LiveLineChanged) and message.pane is self.pane
-
-
 class ExperimentChosen(Message):
-    """The user picked a row of the results table (enter or double click)."""
+    """The user picked an experiment: a row of the results table (enter or double click), or a running one."""
 
-    def __init__(self, experiment) -> None:
+    def __init__(self, experiment=None, exp_id: str | None = None) -> None:
         super().__init__()
         self.experiment = experiment
+        self.exp_id = exp_id if exp_id is not None else getattr(experiment, "exp_id", None)
 
 
 class EngineStartFinished(Message):
@@ -76,3 +63,11 @@ class DemoPrepared(Message):
         super().__init__()
         self.ok = ok
         self.detail = detail
+
+
+class SlotSelected(Message):
+    """The Slots pane's selection moved: the log pane follows this slot's run (None: no slot)."""
+
+    def __init__(self, slot_id: str | None) -> None:
+        super().__init__()
+        self.slot_id = slot_id

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from core import ledger as ledger_mod
 from core.errors import UserError
-from core.status import Current, EngineStatus, clean_id, is_alive
+from core.ledger import ABORTED
+from core.status import Current, EngineStatus, Proposal, SlotRun, clean_id, is_alive
 from core.workspace import Workspace, read_json
 
 WORKSPACE = "workspace"  # an autoresearch workspace: the dashboard can steer its engine
@@ -37,23 +38,57 @@ def classify(root: Path) -> str:
 
 @dataclass(frozen=True)
 class Experiment:
-    """One results.tsv row, with its experiment id when the events tell it (upstream repos have none)."""
+    """One results.tsv row as core.ledger.annotate sees it (the best it was decided against, the best after it),
+    with its experiment id when the events tell it (upstream repos have none)."""
 
-    n: int  # 1-based position in results.tsv
-    commit: str
-    val_bpb: float | None  # None for crashes
-    memory_gb: float | None
-    status: str  # keep | discard | crash
-    description: str
-    exp_id: str | None = None
-    best_before: float | None = None  # running best before this row (the ratchet's reference)
+    entry: ledger_mod.Entry
+    exp_id: str | None = None  # the entry's id, if it is safe to show and to use as a folder name
 
     @property
-    def gain(self) -> float | None:
-        """val_bpb change against the best before it (negative is better)."""
-        if self.val_bpb is None or self.best_before is None:
-            return None
-        return self.val_bpb - self.best_before
+    def n(self) -> int:
+        """1-based position in results.tsv."""
+        return self.entry.n
+
+    @property
+    def commit(self) -> str:
+        return self.entry.row.commit
+
+    @property
+    def status(self) -> str:
+        return self.entry.row.status  # keep | discard | crash
+
+    @property
+    def description(self) -> str:
+        return self.entry.row.description
+
+    @property
+    def val_bpb(self) -> float | None:
+        return self.entry.val_bpb  # None for crashes
+
+    @property
+    def memory_gb(self) -> float | None:
+        return None if self.status == "crash" else self.entry.row.memory_gb
+
+    @property
+    def reference(self) -> float | None:
+        """The best val_bpb this run was decided against (None for the first run)."""
+        return self.entry.reference
+
+    @property
+    def delta(self) -> float | None:
+        """val_bpb minus the best it was decided against: the number the decision was made on (negative is better).
+        It never changes after the fact, whatever is kept later."""
+        return self.entry.delta
+
+    @property
+    def best_after(self) -> float | None:
+        return self.entry.best_after
+
+    @property
+    def aborted(self) -> bool:
+        """A crash row the person caused: results.tsv keeps upstream's crash status and the engine appends the
+        reason, "(aborted by user)" (core.engine.ABORTED), to the description."""
+        return self.status == "crash" and self.description.rstrip().endswith(f"({ABORTED})")
 
     @property
     def label(self) -> str:
@@ -69,10 +104,10 @@ class Snapshot:
     warning: str | None = None
     best: float | None = None
     best_commit: str | None = None
+    best_exp_id: str | None = None  # the experiment that holds the best (its train.log is the curve to beat)
     baseline: float | None = None
     branch: str | None = None
     counts: dict = field(default_factory=dict)
-    last_event: dict | None = None
     pending_ideas: int = 0
     loaded_at: float = 0.0
 
@@ -88,11 +123,30 @@ class Snapshot:
     def current(self) -> Current | None:
         return self.engine.current() if self.engine_alive else None
 
-    def row_by_id(self, exp_id: str) -> Experiment | None:
-        for r in reversed(self.rows):
-            if r.exp_id == exp_id:
-                return r
-        return None
+    @property
+    def slots(self) -> tuple[SlotRun, ...]:
+        """The engine's slots while it lives (a dead engine's engine.json says nothing about now)."""
+        return self.engine.slots if self.engine_alive else ()
+
+    @property
+    def proposals(self) -> tuple[Proposal, ...]:
+        return self.engine.proposals if self.engine_alive else ()
+
+    @property
+    def running(self) -> tuple[SlotRun, ...]:
+        """Slots with a run in them."""
+        return tuple(s for s in self.slots if s.experiment)
+
+    @property
+    def parallel(self) -> bool:
+        """Several slots, or proposals made ahead of the runs (the scheduler): the dashboard adds its Slots pane.
+        One slot with lookahead 0 (milestone 1's loop) never shows it, so its dashboard looks as it always did."""
+        e = self.engine
+        if not self.engine_alive:
+            return False
+        lookahead = e.options.get("lookahead")
+        ahead = isinstance(lookahead, int) and not isinstance(lookahead, bool) and lookahead > 0
+        return len(e.slots) > 1 or ahead or len(self.running) + len(e.proposals) > 1
 
 
 def parse_engine(data, ws: Workspace, now: float) -> EngineStatus | None:
@@ -121,13 +175,19 @@ def git_branch(root: Path) -> str | None:
 def build_rows(rows: list[ledger_mod.Row], finished: list[ledger_mod.Finished]) -> tuple[Experiment, ...]:
     """results.tsv rows joined with the engine's decisions (core.ledger.annotate): ids, and the best each row
     was decided against. An upstream ledger (no events) keeps ids None and upstream's running best."""
-    out = []
-    for e in ledger_mod.annotate(rows, finished):
-        r = e.row
-        out.append(Experiment(n=e.n, commit=r.commit, val_bpb=e.val_bpb, memory_gb=r.memory_gb if r.status != "crash"
-                              else None, status=r.status, description=r.description, exp_id=clean_id(e.exp_id),
-                              best_before=e.reference))
-    return tuple(out)
+    return tuple(Experiment(e, clean_id(e.exp_id)) for e in ledger_mod.annotate(rows, finished))
+
+
+def final_best(rows: tuple[Experiment, ...]) -> tuple[float | None, Experiment | None]:
+    """The best after the last decision and the kept row that holds it, as `autoresearch results` says
+    (core.report.summarize): the engine's best, which a revert can make differ from the lowest kept row."""
+    if not rows:
+        return None, None
+    best = rows[-1].best_after
+    if best is None:
+        return None, None
+    row = next((r for r in reversed(rows) if r.status == "keep" and r.val_bpb == best), None)
+    return best, row
 
 
 def _stat_key(path: Path):
@@ -147,12 +207,10 @@ class StateReader:
         self.clock = clock
         self._ledger_key = None
         self._ledger: ledger_mod.Ledger = ledger_mod.Ledger()
-        self._events_key = None
         self._events_offset = 0
         self._events_ino = None
         self._events_partial = b""
         self._finished: list[ledger_mod.Finished] = []
-        self._last_event: dict | None = None
         self._rows: tuple[Experiment, ...] = ()
         self._rows_key = None
 
@@ -174,16 +232,21 @@ class StateReader:
             self._rows_key = rows_key
         rows = self._rows
         counts = {"keep": 0, "discard": 0, "crash": 0}
-        best = best_commit = None
         for r in rows:
             counts[r.status] = counts.get(r.status, 0) + 1
-            if r.status == "keep" and r.val_bpb is not None and (best is None or r.val_bpb < best):
-                best, best_commit = r.val_bpb, r.commit
+        best, best_row = final_best(rows)
+        best_commit = best_row.commit if best_row else None
+        best_exp_id = best_row.exp_id if best_row else None
         baseline = next((r.val_bpb for r in rows if r.val_bpb is not None), None)
         if engine is not None:
             # the engine knows its best/baseline even before results.tsv has a row for them
-            if best is None and engine.best is not None:
-                best, best_commit = engine.best.val_bpb, engine.best.commit
+            if engine.best is not None and (best is None or engine.alive):
+                # a live engine's best leads results.tsv by the moment between its decision and the row
+                short = engine.best.commit[:7]
+                if best_commit is None or short != best_commit[:7]:
+                    best_row = next((r for r in reversed(rows) if r.status == "keep" and r.commit[:7] == short), None)
+                    best_exp_id = best_row.exp_id if best_row else None
+                best, best_commit = engine.best.val_bpb, short
             if baseline is None and engine.baseline_val_bpb is not None:
                 baseline = engine.baseline_val_bpb
         ideas = 0
@@ -193,8 +256,8 @@ class StateReader:
             except OSError:
                 ideas = 0
         return Snapshot(root=ws.root, mode=self.mode, engine=engine, rows=rows, warning=self._ledger.warning(),
-                        best=best, best_commit=best_commit, baseline=baseline, branch=git_branch(ws.root),
-                        counts=counts, last_event=self._last_event, pending_ideas=ideas, loaded_at=now)
+                        best=best, best_commit=best_commit, best_exp_id=best_exp_id, baseline=baseline, branch=git_branch(ws.root),
+                        counts=counts, pending_ideas=ideas, loaded_at=now)
 
     def _read_ledger(self) -> None:
         key = _stat_key(self.ws.results_tsv)
@@ -216,7 +279,6 @@ class StateReader:
         if st.st_ino != self._events_ino or st.st_size < self._events_offset:
             self._events_offset, self._events_ino, self._events_partial = 0, st.st_ino, b""
             self._finished = []
-            self._last_event = None
         if st.st_size == self._events_offset:
             return
         try:
@@ -230,7 +292,6 @@ class StateReader:
         lines = data.split(b"\n")
         self._events_partial = lines.pop()  # an event being written right now
         finished = list(self._finished)  # the list is shared with published snapshots' inputs: copy on write
-        last = self._last_event
         for line in lines:
             if not line.strip():
                 continue
@@ -238,17 +299,9 @@ class StateReader:
                 ev = json.loads(line)
             except ValueError:
                 continue
-            if not isinstance(ev, dict):
-                continue
-            last = ev
-            if ev.get("type") == "experiment_finished":
+            if isinstance(ev, dict) and ev.get("type") == "experiment_finished":
                 finished.append(ledger_mod.Finished.from_event(ev))
         self._finished = finished
-        self._last_event = last
-
-
-def load_snapshot(root: Path, clock=time.time) -> Snapshot:
-    return StateReader(root, clock=clock).load()
 
 
 # --- per-experiment files (detail screen) ---
@@ -277,19 +330,3 @@ def read_experiment(root: Path, exp_id: str | None) -> ExperimentFiles:
     return ExperimentFiles(meta if isinstance(meta, dict) else {}, metrics if isinstance(metrics, dict) else {},
                            diff, (d / "train.log") if (d / "train.log").is_file() else None,
                            (d / "agent.log") if (d / "agent.log").is_file() else None)
-
-
-def tail_bytes(path: Path, limit: int = 512 * 1024) -> bytes:
-    """The last `limit` bytes of a file, starting at a line boundary."""
-    try:
-        with open(path, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            start = max(0, size - limit)
-            f.seek(start)
-            data = f.read()
-    except OSError:
-        return b""
-    if start > 0:
-        nl = data.find(b"\n")
-        data = data[nl + 1:] if nl >= 0 else data
-    return data

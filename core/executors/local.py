@@ -38,7 +38,9 @@ def parse_gpus(text: str, visible: list[int]) -> list[int]:
 
 def gpu_slots(gpus: list[int]) -> list[Slot]:
     """One slot per GPU; the trainer sees only its own device (CUDA_VISIBLE_DEVICES)."""
-    return [Slot(str(i), f"GPU {g}", gpu=g, env={"CUDA_VISIBLE_DEVICES": str(g)}) for i, g in enumerate(gpus)]
+    # PCI order: CUDA's default numbering (fastest first) can differ from NVML's, which the dashboard shows
+    return [Slot(str(i), f"GPU {g}", gpu=g, env={"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": str(g)})
+            for i, g in enumerate(gpus)]
 
 
 def cpu_slots(n: int, cores: int | None = None) -> list[Slot]:

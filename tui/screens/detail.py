@@ -74,20 +74,37 @@ class ExperimentScreen(Screen):
 
     TABS = ("diff", "metrics", "trainlog", "agentlog")
 
-    def __init__(self, experiment, root: Path):
+    def __init__(self, experiment, root: Path, exp_id: str | None = None, live: bool = False):
+        """experiment: a results row (state.Experiment), or None for a run that has no row yet (exp_id)."""
         super().__init__()
         self.experiment = experiment
+        self.exp_id = experiment.exp_id if experiment is not None else exp_id
         self.root = Path(root)
-        self.files = read_experiment(self.root, experiment.exp_id)
+        self.live = live and experiment is None  # a run still in its slot: its log keeps growing
+        self.files = read_experiment(self.root, self.exp_id)
+
+    def _title(self) -> Text:
+        r, meta = self.experiment, self.files.meta
+        title = Text(no_wrap=True, overflow="ellipsis")
+        if r is None:
+            commit = str(meta.get("commit") or "")[:7]
+            title.append(f"Experiment {self.exp_id}", style="bold")
+            title.append(f" · {sanitize_line(str(meta.get('status') or 'running'), 20)}")
+            title.append(f" · {commit}\n" if commit else "\n")
+            title.append(sanitize_line(str(meta.get("description") or "(no description yet)"), 1000))
+            return title
+        title.append(f"Experiment {r.label}", style="bold")
+        title.append(f" · {'aborted (crash)' if r.aborted else r.status} · ")
+        title.append(f"{r.val_bpb:.6f}" if r.val_bpb is not None else "no val_bpb")
+        title.append(f" · {r.commit[:7]}")
+        if r.delta is not None:
+            title.append(f" · Δ {r.delta:+.6f} vs the best before ({r.reference:.6f})".replace("-", "−"))
+        title.append("\n")
+        title.append(sanitize_line(r.description, 1000))
+        return title
 
     def compose(self):
-        r = self.experiment
-        title = Text(no_wrap=True, overflow="ellipsis")
-        title.append(f"Experiment {r.label}", style="bold")
-        title.append(f" · {r.status} · ")
-        title.append(f"{r.val_bpb:.6f}" if r.val_bpb is not None else "no val_bpb")
-        title.append(f" · {r.commit[:7]}\n")
-        title.append(sanitize_line(r.description, 1000))
+        title = self._title()
         reason = self.files.meta.get("reason")
         if reason:
             title.append("\nreason: ")
@@ -102,13 +119,13 @@ class ExperimentScreen(Screen):
                     yield Static(self._metrics_table(), id="metrics-view")
             with TabPane("Training log", id="trainlog"):
                 if self.files.train_log:
-                    yield LogPane("train.log", self.files.train_log, live=False, id="detail-train")
+                    yield LogPane(self.files.train_log, live=self.live, id="detail-train")
                 else:
-                    yield Static(Text("no train.log for this experiment" if r.exp_id else
+                    yield Static(Text("no train.log for this experiment" if self.exp_id else
                                       "upstream repo: per-experiment logs are not kept (see run.log)"))
             with TabPane("Agent", id="agentlog"):
                 if self.files.agent_log:
-                    yield LogPane("agent.log", self.files.agent_log, live=False, formatter=format_agent_line,
+                    yield LogPane(self.files.agent_log, live=False, formatter=format_agent_line,
                                   id="detail-agent")
                 else:
                     yield Static(Text("no agent transcript for this experiment"))
@@ -118,9 +135,12 @@ class ExperimentScreen(Screen):
         if self.files.diff is not None:
             self._show_diff(self.files.diff)
         else:
-            commit = self.files.meta.get("commit") or self.experiment.commit
-            ref = f"refs/autoresearch/experiments/{self.experiment.exp_id}" if self.experiment.exp_id else None
-            self._load_git_diff(str(commit), ref)
+            commit = self.files.meta.get("commit") or (self.experiment.commit if self.experiment else None)
+            ref = f"refs/autoresearch/experiments/{self.exp_id}" if self.exp_id else None
+            if commit or ref:
+                self._load_git_diff(str(commit or ref), ref)
+            else:
+                self._show_diff(None)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="detail-diff")
     def _load_git_diff(self, commit: str, ref: str | None) -> None:
@@ -132,7 +152,9 @@ class ExperimentScreen(Screen):
     def _show_diff(self, diff: str | None) -> None:
         view = self.query_one("#diff-view", Static)
         if diff is None:
-            view.update(Text(f"no diff: commit {self.experiment.commit[:7]} is not in this repository"))
+            commit = self.experiment.commit[:7] if self.experiment else str(self.files.meta.get("commit") or "")[:7]
+            view.update(Text(f"no diff: commit {commit} is not in this repository" if commit else
+                             "no diff yet: the proposal is not committed"))
         elif not diff.strip():
             view.update(Text("empty diff"))
         else:
@@ -149,29 +171,46 @@ class ExperimentScreen(Screen):
                 return
             t.add_row(Text(key), Text(sanitize_line(_fmt(value), 1000)))
 
-        row("id", r.exp_id)
-        row("status", r.status)
-        row("val_bpb", r.val_bpb)
-        row("memory_gb", r.memory_gb)
-        row("gain vs best before", f"{r.gain:+.6f}" if r.gain is not None else None)
-        row("commit", meta.get("commit") or r.commit)
-        row("parent", meta.get("parent"))
-        for key in ("simplification", "lines_added", "lines_removed", "idea"):
-            row(key, meta.get(key))
+        row("experiment", self.exp_id)
+        if r is not None:
+            row("status", "aborted (recorded as crash)" if r.aborted else r.status)
+            row("val_bpb", r.val_bpb)
+            row("peak memory", f"{r.memory_gb:.1f} GB" if r.memory_gb is not None else None)
+            row("decided against", f"{r.reference:.6f} (the best before this run)" if r.reference is not None
+                else None)
+            row("Δ vs the best before", f"{r.delta:+.6f}" if r.delta is not None else None)
+            row("commit", meta.get("commit") or r.commit)
+        else:
+            row("status", meta.get("status") or "running")
+            row("commit", meta.get("commit"))
+        row("parent commit", meta.get("parent"))
+        if meta.get("simplification"):
+            row("kept as", "a simplification (fewer lines, val_bpb within the tolerance)")
+        added, removed = meta.get("lines_added"), meta.get("lines_removed")
+        if isinstance(added, int) or isinstance(removed, int):
+            row("train.py change", f"+{added or 0} / −{removed or 0} lines")
+        row("idea it was given", meta.get("idea"))
         agent = meta.get("agent")
         if isinstance(agent, dict):
-            for key in ("name", "model", "input_tokens", "output_tokens", "cost_usd"):
-                row(f"agent {key}", agent.get(key))
-        for key in ("started_at", "training_started_at", "finished_at"):
+            row("agent", " · ".join(str(agent[k]) for k in ("name", "model") if agent.get(k)))
+            tokens = [f"{agent[k]:,} {k.split('_')[0]}" for k in ("input_tokens", "output_tokens")
+                      if isinstance(agent.get(k), int) and agent.get(k)]
+            row("agent tokens", " · ".join(tokens) if tokens else None)
+            cost = agent.get("cost_usd")
+            row("agent cost", f"${cost:.4f}" if isinstance(cost, (int, float)) and cost else None)
+        for key, label in (("started_at", "started"), ("training_started_at", "training started"),
+                           ("finished_at", "finished")):
             if meta.get(key) is not None:
-                row(key, _when(meta.get(key)))
+                row(label, _when(meta.get(key)))
         timings = meta.get("timings")
+        names = {"propose_s": "time proposing", "validate_s": "time validating", "train_s": "time training",
+                 "record_s": "time recording"}
         if isinstance(timings, dict):
             for key, v in timings.items():
-                row(f"time {key}", f"{v:.1f}" if isinstance(v, (int, float)) else v)
+                row(names.get(key, f"time {key}"), f"{v:.1f} s" if isinstance(v, (int, float)) else v)
         for key, v in metrics.items():
-            row(f"metrics {key}", v)
-        if not r.exp_id:
+            row(f"metric {key}", v)
+        if not self.exp_id:
             t.add_row(Text("note"), Text("upstream repo: only the results.tsv columns are known"))
         return t
 

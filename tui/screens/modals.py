@@ -91,12 +91,14 @@ class IdeaScreen(ModalScreen[str | None]):
 KEYS_HELP = [
     ("p", "pause the engine after the current step"),
     ("r", "resume a paused engine"),
-    ("a", "abort the running experiment (asks first): kill, revert, record, hold"),
+    ("a", "abort the running experiment (asks first): kill, revert, record, hold; with several slots, the "
+          "selected slot's run"),
     ("s", "start the engine, detached (same agent as last time)"),
     ("i", "queue an idea for the next proposal"),
     ("e", "edit program.md in $EDITOR (used from the next proposal)"),
     ("t", "switch the log pane between the training log and the agent's activity"),
-    ("enter", "open the selected experiment: diff, metrics, training log, agent transcript"),
+    ("n", "several slots: the log pane follows the next slot's run (up/down in the Slots pane too)"),
+    ("enter", "open the selected experiment (a results row, or a slot's run): diff, metrics, logs, transcript"),
     ("1 2 3 4", "show all / kept / discarded / crashed experiments (the results title shows the filter)"),
     ("/", "search id, commit and description in the results (enter keeps it, escape clears)"),
     ("[ ]", "previous / next pane (on small terminals panes are tabs)"),
@@ -106,10 +108,13 @@ KEYS_HELP = [
 ]
 
 
-HEADER_HELP = ("Header: engine state and phase · the current experiment and its time: 'm:ss left' counts the "
-               "training budget down (the trainer's own count once it reports one; its first, compiling steps "
-               "are not counted), then 'evaluating'; 'finishing' means the budget has passed by the clock and the "
-               "run is completing its last steps · the best val_bpb and its gain over the baseline.")
+HEADER_HELP = ("Header: engine state and phase · the current experiment: what its trainer is doing (starting "
+               "train.py, warm-up: its first, untimed steps, training, evaluating), the wall time since the "
+               "trainer started ('elapsed') and the trainer's own training time against the budget (its first, "
+               "warm-up steps do not count, so a run takes longer than its budget) · with several slots, the runs "
+               "and proposals in flight · the best val_bpb and its gain over the baseline. "
+               "Δ decided (results, ratchet, detail): val_bpb minus the best the run was decided against, the "
+               "number its keep or discard was made on; it never changes when later runs are kept.")
 
 
 class HelpScreen(ModalScreen[None]):
@@ -132,8 +137,9 @@ class HelpScreen(ModalScreen[None]):
             with VerticalScroll():
                 yield Static(table)
                 yield Static(Text(HEADER_HELP), classes="help-note")
-            yield Static(Text("Keys that do not apply right now are dimmed or left out of the footer. escape closes.",
-                              style="italic"), classes="help-note")
+            yield Static(Text("Keys that do not apply right now are dimmed or left out of the footer; pressed anyway, "
+                              "they say why. The footer leaves out what does not fit (all keys are here). escape "
+                              "closes.", style="italic"), classes="help-note")
 
     def action_close(self) -> None:
         self.dismiss(None)

@@ -1,9 +1,8 @@
-"""Dashboard header: workspace, tag, branch, engine state and phase, current experiment with countdown, best."""
+"""Dashboard header: engine state, the current run (stage, elapsed and training time) or the runs in flight, best."""
 
 from __future__ import annotations
 
 import os
-import re
 import time
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from rich.text import Text
 from textual.widget import Widget
 
 from ..logstream import sanitize_line
+from .styles import ComponentStyles
 
 
 def fmt_duration(seconds: float) -> str:
@@ -26,36 +26,53 @@ def short_path(path: Path) -> str:
     return "~" + p[len(home):] if home and home != "/" and (p == home or p.startswith(home + os.sep)) else p
 
 
-REMAINING = re.compile(r"remaining: ?(\d+(?:\.\d+)?) ?s\b")
+STAGE_WORDS = {"starting": "starting train.py", "warm-up": "warm-up (untimed steps)", "training": "training",
+               "evaluating": "evaluating", "recording": "recording"}
 
 
-def trainer_remaining(line: str) -> float | None:
-    """The trainer's own 'remaining: 42s' from its progress line (ours and upstream's print it), else None."""
-    m = REMAINING.search(line)
-    return float(m.group(1)) if m else None
+def run_clock(run) -> str:
+    """'1:12 elapsed · training 0:08 / 0:20': wall time since the trainer started, and its own training time
+    (its progress through the budget; the first, untimed warm-up steps do not count) against the budget."""
+    parts = []
+    if run.elapsed_s is not None:
+        parts.append(f"{fmt_duration(run.elapsed_s)} elapsed")
+    if run.budget_s and (run.trained_s is not None or run.last is None):
+        parts.append(f"training {fmt_duration(run.trained_s or 0.0)} / {fmt_duration(run.budget_s)}")
+    elif run.budget_s:  # progress lines that say nothing about the budget (another train.py's format)
+        parts.append(f"budget {fmt_duration(run.budget_s)}")
+    return " · ".join(parts)
 
 
-def countdown(cur, phase: str, now: float, reported: float | None = None, progressing: bool = False) -> str:
-    """What the current experiment is doing, with a time.
-
-    While training: the trainer's own 'remaining' when it has reported one for this experiment (exact: it
-    excludes the first, compiling steps), 'evaluating' once its progress line has ended or reached 0;
-    before it reports, an estimate from training_started_at + time_budget, which reads 'finishing' (never
-    a negative time) once the budget has passed. Other phases: the phase and the time spent so far.
-    """
+def run_status(cur, run, now: float) -> str:
+    """What the current experiment is doing, with its times: the stage its log shows and run_clock while the
+    trainer runs; otherwise the engine's phase and the time spent so far."""
     if cur is None:
         return ""
-    if phase == "training":
-        if reported is not None:
-            return f"{fmt_duration(reported)} left" if progressing and reported > 0 else "evaluating"
-        if cur.training_started_at and cur.time_budget:
-            left = cur.training_started_at + cur.time_budget - now
-            if left >= 0:
-                return f"{fmt_duration(left)} left"
-            return f"finishing +{fmt_duration(-left)}"
+    if run is not None:
+        clock = run_clock(run)
+        return f"{STAGE_WORDS.get(run.stage, run.stage)} · {clock}" if clock else STAGE_WORDS.get(run.stage, run.stage)
     if cur.started_at:
-        return f"{phase} {fmt_duration(now - cur.started_at)}"
-    return phase
+        return f"{cur.phase} {fmt_duration(now - cur.started_at)}"
+    return cur.phase
+
+
+def in_flight(snap, runs) -> str:
+    """'3 runs (2 training, 1 evaluating) · 2 proposals': what the scheduler has in flight."""
+    running = snap.running
+    stages: dict[str, int] = {}
+    for s in running:
+        run = runs.get(s.experiment)
+        stage = run.stage if run is not None else s.phase
+        stages[stage] = stages.get(stage, 0) + 1
+    text = f"{len(running)} run{'s' if len(running) != 1 else ''}"
+    if stages:
+        text += " (" + ", ".join(f"{n} {k}" for k, n in stages.items()) + ")"
+    props = snap.proposals
+    text += f" · {len(props)} proposal{'s' if len(props) != 1 else ''}"
+    ready = sum(1 for p in props if p.state == "ready")
+    if ready:
+        text += f" ({ready} ready)"
+    return text
 
 
 class DashboardHeader(Widget):
@@ -82,41 +99,29 @@ class DashboardHeader(Widget):
         self.clock = clock
         self.display_root = display_root
         self.snapshot = None
+        self.runs: dict = {}  # experiment id -> tui.runs.RunView (from the monitor's sample)
         self.notice: str = ""  # e.g. demo location or "preparing data"
         self.starting = False
         self.preparing = False  # --demo: the workspace and its data are being built
-        # the trainer's progress line (run.log's live line) and what it said for which experiment
-        self.trainer_line = ""
-        self._reported: tuple[str, float] | None = None  # (experiment id, seconds remaining)
+        self._styles = ComponentStyles(self, "header--")
+        self._flight: str | None = None  # what the header last said about the runs in flight
 
     def set_snapshot(self, snapshot) -> None:
-        first = self.snapshot is None
         self.snapshot = snapshot
-        if first:  # the progress line read before the first snapshot (later ones may be a past run's line)
-            self._note_report()
+        self._flight = None
         self._fit()
 
-    def set_trainer_line(self, line: str) -> None:
-        """run.log's live line changed (at most ~10 times a second)."""
-        before = (trainer_remaining(self.trainer_line), self._reported)
-        self.trainer_line = line
-        self._note_report()
-        if (trainer_remaining(line), self._reported) != before:  # otherwise the 1 Hz tick repaints the clock
-            self.refresh()
-
-    def _note_report(self) -> None:
-        remaining = trainer_remaining(self.trainer_line)
+    def set_runs(self, runs: dict) -> None:
+        """The runs' live views (once a second, with the clock): repaints only this one widget, and with several
+        runs in flight (no clock in the header, the Slots pane has the times) only when their count changes."""
+        self.runs = runs
         s = self.snapshot
-        cur = s.current if s is not None else None
-        if remaining is not None and cur is not None and s.engine.phase == "training":
-            self._reported = (cur.id, remaining)
-
-    def reported_remaining(self, cur) -> tuple[float | None, bool]:
-        """(the trainer's last 'remaining' for this experiment or None, whether its progress line is still live)."""
-        if cur is None or self._reported is None or self._reported[0] != cur.id:
-            return None, False
-        live = trainer_remaining(self.trainer_line)
-        return (live if live is not None else self._reported[1]), live is not None
+        if s is not None and s.parallel:
+            key = in_flight(s, runs)
+            if key == self._flight:
+                return
+            self._flight = key
+        self.refresh()
 
     def set_notice(self, notice: str) -> None:
         self.notice = notice
@@ -131,7 +136,7 @@ class DashboardHeader(Widget):
         self.refresh(layout=True)
 
     def _st(self, name: str):
-        return self.get_component_rich_style(f"header--{name}", partial=True)
+        return self._styles(name)
 
     def engine_label(self) -> tuple[str, str]:
         """(text, style name) of the engine state shown first in the header."""
@@ -151,11 +156,13 @@ class DashboardHeader(Widget):
             was = "" if e.status == "stopped" else f" (exited while {e.status})"
             why = f" ({sanitize_line(e.message, 200)})" if e.message and e.status == "stopped" else ""
             return f"○ engine not running{was}{why} · s starts it", "stopped"
+        # several runs in flight have no one phase: the runs are counted next to it
+        phase = "" if s.parallel else f" · {e.phase}"
         if e.status == "paused":
-            return f"‖ paused · {e.phase}", "paused"
+            return f"‖ paused{phase}", "paused"
         if e.status == "stopping":
-            return f"■ stopping · {e.phase}", "paused"
-        return f"● {e.status} · {e.phase}", "running"
+            return f"■ stopping{phase}", "paused"
+        return f"● {e.status}{phase}", "running"
 
     def render(self) -> Text:
         s = self.snapshot
@@ -167,26 +174,30 @@ class DashboardHeader(Widget):
             return out
         e = s.engine
         cur = s.current
-        if cur is not None:
+        if s.parallel:
+            out.append("  │  ", style=self._st("dim"))
+            out.append(in_flight(s, self.runs), style=self._st("exp"))
+        elif cur is not None:
             out.append("  │  ", style=self._st("dim"))
             out.append(f"exp {sanitize_line(cur.id, 12)}", style=self._st("exp"))
-            reported, progressing = self.reported_remaining(cur)
-            cd = countdown(cur, e.phase if e else "", now, reported, progressing)
-            if cd:
-                out.append(f" · {cd}")
+            status = run_status(cur, self.runs.get(cur.id), now)
+            if status:
+                out.append(f" · {status}")
         if s.best is not None:
             out.append("  │  ", style=self._st("dim"))
             out.append(f"best {s.best:.6f}", style=self._st("best"))
             if s.baseline is not None and s.baseline > 0 and s.best != s.baseline:
                 gain = s.best - s.baseline
                 out.append(f" ({gain:+.6f}, {100 * gain / s.baseline:+.2f}% vs baseline)".replace("-", "−"))
-        # line 2: what the current experiment tries (untrusted text)
+        # line 2: what the current experiment tries (untrusted text); with several in flight, the Slots pane
+        # says that, and this line the latest result
         out.append("\n")
-        if cur is not None:
+        if cur is not None and not s.parallel:
             out.append(sanitize_line(cur.description or "(proposing…)", 500))
         elif s.rows:
             last = s.rows[-1]
-            out.append(f"last: {last.label} {last.status} ", style=self._st("dim"))
+            status = "aborted" if last.aborted else last.status
+            out.append(f"last: {last.label} {status} ", style=self._st("dim"))
             out.append(sanitize_line(last.description, 500), style=self._st("dim"))
         else:
             out.append("no experiments yet", style=self._st("dim"))

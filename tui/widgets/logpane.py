@@ -8,6 +8,7 @@ from collections import deque
 from pathlib import Path
 from typing import Callable
 
+from rich.cells import cell_len
 from rich.segment import Segment
 from rich.text import Text
 from textual.containers import Vertical
@@ -18,10 +19,11 @@ from textual.strip import Strip
 from textual.widgets import Static
 
 from ..logstream import LogStream
-from ..messages import LiveLineChanged, LogAppended
+from ..messages import LogAppended
+from ..watch import ChangeWaiter
 
 ACTIVE_POLL_S = 0.1  # while bytes flow: ~10 UI updates a second, whatever the trainer's line rate
-IDLE_POLL_S = 0.5  # nothing new: one stat() every half second keeps idle CPU near zero
+IDLE_RECHECK_S = 2.0  # nothing new: sleep until watchfiles reports a change, and look anyway this often
 
 
 class FileTail:
@@ -109,6 +111,7 @@ class LogView(ScrollView, can_focus=True):
         super().__init__(**kwargs)
         self.lines: deque[str] = deque(maxlen=max_lines)
         self._width = 0
+        self._follow = True  # at the end: new lines, and a shorter pane (the run panel grew), keep it there
 
     def clear(self) -> None:
         self.lines.clear()
@@ -120,7 +123,7 @@ class LogView(ScrollView, can_focus=True):
     def append(self, new_lines) -> None:
         if not new_lines:
             return
-        follow = self.scroll_offset.y >= self.max_scroll_y - 1
+        follow = self._follow or self.scroll_offset.y >= self.max_scroll_y - 1
         before = len(self.lines)
         self.lines.extend(new_lines)
         dropped = before + len(new_lines) - len(self.lines)
@@ -135,6 +138,14 @@ class LogView(ScrollView, can_focus=True):
             self.scroll_to(y=max(0, self.scroll_offset.y - dropped), animate=False, immediate=True, force=True)
         self.refresh()
 
+    def watch_scroll_y(self, old: float, new: float) -> None:
+        super().watch_scroll_y(old, new)
+        self._follow = new >= self.max_scroll_y - 1
+
+    def on_resize(self) -> None:
+        if self._follow and self.lines:
+            self.scroll_end(animate=False, immediate=True, x_axis=False, force=True)
+
     def render_line(self, y: int) -> Strip:
         x0, y0 = self.scroll_offset
         idx = y0 + y
@@ -146,6 +157,16 @@ class LogView(ScrollView, can_focus=True):
         return strip.crop_extend(x0, x0 + width, style)
 
 
+MAX_LIVE_ROWS = 3  # a progress line wider than the pane wraps onto this many rows at most
+
+
+def live_rows(line: str, width: int) -> int:
+    """Rows the live line needs at this width: it wraps (the trainer's 'remaining' comes last in its line)."""
+    if width <= 0 or not line:
+        return 1
+    return max(1, min(MAX_LIVE_ROWS, -(-cell_len(line) // width)))
+
+
 class LogPane(Vertical):
     """Title, a LogView of finished lines, and one live line; fed by a tail thread or by feed_external."""
 
@@ -153,11 +174,10 @@ class LogPane(Vertical):
     LogPane > .live-line { height: 1; background: $boost; color: $text-accent; padding: 0 1; }
     """
 
-    def __init__(self, title: str, path: Path | None = None, *, live: bool = True, max_lines: int = 2000,
+    def __init__(self, path: Path | None = None, *, live: bool = True, max_lines: int = 2000,
                  formatter: Callable[[str], str] | None = None, id: str | None = None,
                  classes: str | None = None):
         super().__init__(id=id, classes=classes)
-        self.title = title
         self.path = Path(path) if path else None
         self.live_mode = live
         self.max_lines = max_lines
@@ -170,8 +190,8 @@ class LogPane(Vertical):
         self._posted = False
         self._stop: threading.Event | None = None
         self._generation = 0
-        self.lines_seen = 0  # finished lines received (for tests and the title)
         self.live_text = ""  # what the live line shows now
+        self._live_rows = 1
 
     def compose(self):
         yield LogView(max_lines=self.max_lines)
@@ -180,7 +200,6 @@ class LogPane(Vertical):
     @property
     def view(self) -> LogView:
         return self.query_one(LogView)
-
 
     def on_mount(self) -> None:
         if self.path is not None:
@@ -233,14 +252,22 @@ class LogPane(Vertical):
         self._drain()
 
     def _tail_loop(self, tail: FileTail, stream: LogStream, stop: threading.Event, gen: int) -> None:
-        while not stop.is_set():
-            try:
-                reset, data = tail.poll()
-            except Exception:  # an unreadable file must not kill the pane; try again later
-                reset, data = False, b""
-            if reset or data:
-                self._ingest(stream, reset, data, gen)
-            stop.wait(ACTIVE_POLL_S if data else IDLE_POLL_S)
+        # while bytes flow the file is read every ACTIVE_POLL_S (a trainer writes many times a second); when it
+        # is quiet, the thread sleeps until the file changes
+        waiter = ChangeWaiter([tail.path.parent], {tail.path.name}, stop, IDLE_RECHECK_S)
+        try:
+            while not stop.is_set():
+                try:
+                    reset, data = tail.poll()
+                except Exception:  # an unreadable file must not kill the pane; try again later
+                    reset, data = False, b""
+                if reset or data:
+                    self._ingest(stream, reset, data, gen)
+                    stop.wait(ACTIVE_POLL_S)
+                else:
+                    waiter.wait()
+        finally:
+            waiter.close()
 
     def feed_external(self, data: bytes, reset: bool = False) -> None:
         """Thread-safe: feed bytes that do not come from a file (e.g. the demo's data preparation)."""
@@ -260,7 +287,6 @@ class LogPane(Vertical):
                 self._pending_reset = True
             self._pending.extend(finished)
             self._pending_live = stream.live
-            self.lines_seen += len(finished)
         self._notify()
 
     def _notify(self) -> None:
@@ -293,6 +319,20 @@ class LogPane(Vertical):
             view.append(lines)
         if live is not None and live != self.live_text:
             self.live_text = live
-            # one row whatever the text: no layout pass (at one status update a second that is most of idle CPU)
-            self.query_one(".live-line", Static).update(Text(live, no_wrap=True, overflow="ellipsis"), layout=False)
-            self.post_message(LiveLineChanged(self, live))
+            self._show_live()
+
+    def _show_live(self) -> None:
+        static = self.query_one(".live-line", Static)
+        rows = live_rows(self.live_text, static.size.width - 2)
+        text = Text(self.live_text, overflow="fold")
+        if rows == self._live_rows:
+            # same height: no layout pass (at one status update a second that is most of idle CPU)
+            static.update(text, layout=False)
+        else:
+            self._live_rows = rows
+            static.styles.height = rows
+            static.update(text)
+
+    def on_resize(self) -> None:
+        if self.live_text and self.is_mounted:
+            self._show_live()

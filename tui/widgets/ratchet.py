@@ -107,7 +107,7 @@ class RatchetHistory(Widget):
             out.append("◆ " if is_best else "● ", style=st["best"] if is_best else st["node"])
             out.append(f"{r.commit[:7]} ", style=st["commit"])
             out.append(f"{r.val_bpb:.6f}" if r.val_bpb is not None else "   —    ")
-            gain = r.gain
+            gain = r.delta  # against the best before it: the number it was kept on
             out.append(f" {format_delta(gain):>10}" if gain is not None else "  baseline ", style=st["gain"])
             if gain is not None or r.description.strip() != "baseline":  # not "baseline baseline"
                 out.append(" " + sanitize_line(r.description, 300))

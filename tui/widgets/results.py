@@ -9,18 +9,21 @@ from __future__ import annotations
 from rich.segment import Segment
 from rich.style import Style
 from textual.binding import Binding
-from textual.geometry import Region, Size
+from textual.geometry import Size
 from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from ..logstream import sanitize_line
 from ..messages import ExperimentChosen
+from .styles import ComponentStyles
 
 FILTERS = {"all": None, "kept": "keep", "discarded": "discard", "crashed": "crash"}
 
-# (title, width); the description takes the remaining width
-COLUMNS = (("id", 5), ("commit", 7), ("val_bpb", 8), ("Δ best", 9), ("mem GB", 6), ("status", 7), ("description", 0))
+# (title, width); the description takes the remaining width. "Δ decided": val_bpb minus the best the run was
+# decided against (core.ledger.annotate), the number its keep/discard was made on; it never changes later.
+COLUMNS = (("id", 5), ("commit", 7), ("val_bpb", 8), ("Δ decided", 9), ("mem GB", 6), ("status", 7),
+           ("description", 0))
 
 
 def filter_rows(rows, status: str | None, needle: str, haystack: list[str] | None = None) -> list:
@@ -44,7 +47,7 @@ class ResultsTable(ScrollView, can_focus=True):
     ResultsTable { background: $surface; scrollbar-size-vertical: 1; }
     ResultsTable:focus { background-tint: $foreground 3%; }
     ResultsTable > .results-table--header { text-style: bold; color: $text-accent; }
-    ResultsTable > .results-table--cursor { background: $primary 40%; text-style: bold; }
+    ResultsTable > .results-table--cursor { background: $primary 40%; color: $foreground; text-style: bold; }
     ResultsTable > .results-table--keep { color: $success; }
     ResultsTable > .results-table--discard { color: $text-muted; }
     ResultsTable > .results-table--crash { color: $error; }
@@ -78,6 +81,7 @@ class ResultsTable(ScrollView, can_focus=True):
         self.view: list = []
         self._haystack: list[str] = []
         self._id_width = 5  # "0001 " ids; upstream rows are "#123": as wide as the longest label
+        self._style = ComponentStyles(self, "results-table--")
 
     # --- data ---
     def set_rows(self, rows, best: float | None = None, best_commit: str | None = None) -> None:
@@ -154,8 +158,7 @@ class ResultsTable(ScrollView, can_focus=True):
 
     # --- drawing ---
     def _styles(self) -> dict[str, Style]:
-        return {n: self.get_component_rich_style(f"results-table--{n}", partial=True)
-                for n in ("header", "cursor", "keep", "discard", "crash", "best", "dim")}
+        return {n: self._style(n) for n in ("header", "cursor", "keep", "discard", "crash", "best", "dim")}
 
     def render_line(self, y: int) -> Strip:
         width = self.scrollable_content_region.width
@@ -177,20 +180,18 @@ class ResultsTable(ScrollView, can_focus=True):
         if idx == self.cursor:
             row_style += styles["cursor"]
         val = f"{r.val_bpb:.6f}" if r.val_bpb is not None else "—"
-        if r.val_bpb is None or self.best is None:
-            delta = ""
-        elif abs(r.val_bpb - self.best) < 5e-7:
-            delta = "best"
-        else:
-            delta = f"{r.val_bpb - self.best:+.6f}"
+        d = r.delta
+        delta = "" if d is None else f"{d:+.6f}".replace("-", "−")
+        if d is None and r.val_bpb is not None and r.reference is None:
+            delta = "first"
         mem = f"{r.memory_gb:.1f}" if r.memory_gb is not None else "—"
+        status = "aborted" if r.aborted else r.status
+        if r.status == "keep" and self.best_commit and r.commit[:7] == self.best_commit[:7]:
+            status = "keep ◆"  # the best now (the header and the ratchet say the same)
         cells = [r.label[:12].ljust(self._id_width), r.commit[:7].ljust(7), val.rjust(8), delta.rjust(9), mem.rjust(6),
-                 r.status.ljust(7), sanitize_line(r.description, 500)]
+                 status.ljust(7), sanitize_line(r.description, 500)]
         return Strip([Segment(" ".join(cells), row_style)]).crop_extend(0, width, row_style if idx == self.cursor
                                                                          else base)
 
     def on_resize(self) -> None:
         self.virtual_size = Size(self.size.width, len(self.view) + 1)
-
-    def row_region(self, idx: int) -> Region:
-        return Region(0, idx + 1, self.size.width, 1)
