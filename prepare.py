@@ -19,6 +19,7 @@ import re
 import resource
 import shutil
 import socket
+import subprocess
 import sys
 import sysconfig
 import tempfile
@@ -41,15 +42,8 @@ from constants import DATASET, EVAL_TOKENS, MAX_SEQ_LEN, TIME_BUDGET, VOCAB_SIZE
 
 __all__ = [
     "MAX_SEQ_LEN", "TIME_BUDGET", "EVAL_TOKENS", "VOCAB_SIZE", "DATASET", "PrepareError", "Tokenizer",
-    "get_token_bytes", "make_dataloader", "evaluate_bpb", "finish_metrics", "peak_memory_mb", "prepare",
+    "get_token_bytes", "make_dataloader", "hand_over", "evaluate_bpb", "evaluate_file", "peak_memory_mb", "prepare",
 ]
-
-# The engine's trusted metrics channel. Popped at import so that train.py (which imports this module
-# before it does anything else) cannot find the path in its environment or pass it to children.
-_METRICS_FILE = os.environ.pop("AUTORESEARCH_METRICS_FILE", None)
-_TRUSTED_KEYS = ("val_bpb", "peak_vram_mb", "device", "dataset", "eval_tokens", "max_seq_len", "vocab_size")
-_metrics: dict = {}
-_evaluated = False
 
 # GPT-4's split pattern with numbers split in groups of at most 2 digits (\p{N}{1,2}, not {1,3}).
 SPLIT_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
@@ -142,7 +136,15 @@ def split_files(split: str, dataset: Source | str | None = None) -> list[Path]:
     if split not in ("train", "val"):
         raise PrepareError(f"unknown split {split!r}: use 'train' or 'val'")
     src = dataset if isinstance(dataset, Source) else resolve_dataset(dataset)
-    files = sorted((dataset_dir(src) / split).glob("*.parquet"))
+    folder = dataset_dir(src) / split
+    try:
+        os.listdir(folder)
+    except PermissionError:
+        raise PrepareError(f"the {split} split in {folder} may not be read here: train.py reads only the training "
+                           f"split and the tokenizer (the validation data is the evaluator's)") from None
+    except OSError:
+        pass
+    files = sorted(folder.glob("*.parquet"))
     if not files:
         raise PrepareError(f"no {split} data for dataset {src.name!r} in {dataset_dir(src) / split}: run "
                            f"`uv run autoresearch setup ...` or `python prepare.py --dataset {src.name}`")
@@ -956,6 +958,11 @@ def peak_memory_mb(device="cpu") -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
 
 
+def eval_autocast(device):
+    """The evaluation's numerics: bf16 autocast on CUDA, plain fp32 elsewhere (hand_over exports under it too)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if torch.device(device).type == "cuda" else nullcontext()
+
+
 def _model_device(model) -> torch.device:
     for t in model.parameters():
         return t.device
@@ -990,27 +997,42 @@ def _nats_and_bytes(logits: torch.Tensor, y: torch.Tensor, token_bytes: torch.Te
     return float(torch.stack(nats).sum().item()), int(torch.stack(nbytes).sum().item())
 
 
-def _check_causal(model, x: torch.Tensor, ref: torch.Tensor, t: int, vocab: int, autocast) -> None:
-    """Logits before position t must not move when the tokens from t on are replaced.
+def _prefix_change(a: torch.Tensor, b: torch.Tensor, before: torch.Tensor) -> float:
+    """max |a - b| over the positions of each row before its own cut (before: [B, T] bool), in row chunks."""
+    B, T, V = a.shape
+    rows = max(1, (1 << 26) // (T * V))
+    worst = 0.0
+    for i in range(0, B, rows):
+        d = (a[i:i + rows].float() - b[i:i + rows].float()).abs().amax(dim=-1)  # [rows, T]
+        worst = max(worst, float(torch.where(before[i:i + rows], d, torch.zeros_like(d)).max().item()))
+    return worst
 
-    ref holds the first rows' logits before t for x. Running x once more gives the model's own noise
-    (zero for deterministic kernels, bf16 included); the allowed change is a small multiple of it, so
-    even a weak leak of later tokens is caught while nondeterministic kernels are not refused.
+
+def _check_causal(model, x: torch.Tensor, ref: torch.Tensor, vocab: int, rng: random.Random) -> None:
+    """Logits before a position must not move when the tokens from that position on are replaced.
+
+    Every row of the probed batch gets its own random cut c (1 <= c < T) and random tokens from c on. Running
+    x once more gives the model's own noise (zero for deterministic kernels, bf16 included); the allowed
+    change is a small multiple of it, so even a weak leak of later tokens is caught while nondeterministic
+    kernels are not refused. The probed batch and the cuts are drawn from the OS's randomness, so a model
+    (a pure function: exported graphs may not keep state) cannot tell the probe from the scoring.
     """
-    rows = ref.shape[0]
-    with autocast:
-        again = _forward(model, x, vocab)[:rows, :t].float()
-    noise = (again - ref).abs().max().item()
-    del again
-    gen = torch.Generator(device="cpu").manual_seed(random.SystemRandom().randrange(2**62))
-    x2 = x.clone()
-    x2[:, t:] = torch.randint(0, vocab, (x.shape[0], x.shape[1] - t), generator=gen).to(x.device)
-    with autocast:
-        new = _forward(model, x2, vocab)[:rows, :t].float()
-    diff = (new - ref).abs().max().item()
-    tol = 1e-4 * (1.0 + ref.abs().max().item()) + 4.0 * noise
+    B, T = x.shape
+    cuts = torch.tensor([rng.randint(1, T - 1) for _ in range(B)], device=x.device)
+    before = torch.arange(T, device=x.device)[None, :] < cuts[:, None]  # [B, T]
+    with torch.no_grad(), eval_autocast(x.device):
+        again = _forward(model, x, vocab)
+        noise = _prefix_change(again, ref, before)
+        del again
+        gen = torch.Generator(device="cpu").manual_seed(rng.randrange(2**62))
+        x2 = torch.where(before, x, torch.randint(0, vocab, (B, T), generator=gen).to(x.device))
+        new = _forward(model, x2, vocab)
+        diff = _prefix_change(new, ref, before)
+        del new
+    scale = float(ref.abs().max().item())
+    tol = 1e-4 * (1.0 + scale) + 4.0 * noise
     if not diff <= tol:
-        raise PrepareError(f"the model is not causal: logits before position {t} changed by {diff:.4g} (run-to-run "
+        raise PrepareError(f"the model is not causal: logits before a position changed by {diff:.4g} (run-to-run "
                            f"noise {noise:.2g}) when only later tokens changed; a position must not see the "
                            f"tokens after it")
 
@@ -1018,60 +1040,42 @@ def _check_causal(model, x: torch.Tensor, ref: torch.Tensor, t: int, vocab: int,
 def evaluate_bpb(model, tokenizer: Tokenizer, batch_size: int) -> float:
     """Validation bits per byte of model over EVAL_TOKENS tokens at T=MAX_SEQ_LEN (the trusted metric).
 
-    model(x) must return logits [B, T, V]; the loss is computed here from them in fp32. The first
-    batch is also used for a causality check. Allowed once per process; under the engine the result
-    goes to the metrics file that train.py cannot see.
+    model(x) must return logits [B, T, V]; the loss is computed here from them in fp32. EVAL_TOKENS // T rows
+    are scored whatever the batch size (the last batch is cut), so the batch size cannot choose the data.
+    One batch, drawn at random, is also used for the causality check. Under the engine this runs in the
+    evaluator process (`prepare.py --evaluate`), never in the trainer.
     """
-    global _evaluated
-    if _evaluated:
-        raise PrepareError("evaluate_bpb may run only once per process: call it once, after training")
-    _evaluated = True
-    t0 = time.time()
     device = _model_device(model)
-    try:
-        val_bpb = _evaluate(model, tokenizer, int(batch_size), device)
-    except PrepareError as e:
-        _record({"error": str(e), "device": device.type, "dataset": str(DATASET)})
-        raise
-    info = {"val_bpb": val_bpb, "peak_vram_mb": round(peak_memory_mb(device), 1), "device": device.type,
-            "dataset": str(DATASET), "eval_tokens": int(EVAL_TOKENS), "max_seq_len": int(MAX_SEQ_LEN),
-            "vocab_size": tokenizer.get_vocab_size(), "eval_seconds": round(time.time() - t0, 2)}
-    _metrics.pop("error", None)
-    _record(info)
-    return val_bpb
-
-
-def _evaluate(model, tokenizer: Tokenizer, batch_size: int, device: torch.device) -> float:
+    batch_size = int(batch_size)
     if batch_size < 1:
         raise PrepareError(f"evaluate_bpb needs batch_size >= 1, not {batch_size}")
     T = int(MAX_SEQ_LEN)
     vocab = tokenizer.get_vocab_size()
-    steps = max(1, int(EVAL_TOKENS) // (batch_size * T))
+    rows = max(1, int(EVAL_TOKENS) // T)
+    steps = -(-rows // batch_size)
+    rng = random.SystemRandom()
+    probe = rng.randrange(steps) if T > 1 else -1
     token_bytes = tokenizer.token_bytes().to(device)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext())
-    was_training = model.training
-    model.eval()
+    was_training = getattr(model, "training", False)
+    _set_mode(model, False)
     loader = make_dataloader(tokenizer, batch_size, T, "val", device=device)
     total_nats, total_bytes = 0.0, 0
     try:
         with torch.no_grad():
             for step in range(steps):
                 x, y, _ = next(loader)
-                with autocast:
+                with eval_autocast(device):
                     logits = _forward(model, x, vocab)
-                if step == 0:
-                    t = random.SystemRandom().randint(max(1, T // 4), max(1, (3 * T) // 4)) if T > 1 else 0
-                    ref = logits[:2, :t].float().clone()
-                nats, nbytes = _nats_and_bytes(logits, y, token_bytes)
+                take = min(batch_size, rows - step * batch_size)
+                nats, nbytes = _nats_and_bytes(logits[:take], y[:take], token_bytes)
                 total_nats += nats
                 total_bytes += nbytes
+                if step == probe:
+                    _check_causal(model, x, logits, vocab, rng)
                 del logits
-                if step == 0 and t > 0:
-                    _check_causal(model, x, ref, t, vocab, autocast)
-                    del ref
     finally:
         loader.close()
-        model.train(was_training)
+        _set_mode(model, was_training)
     if total_bytes == 0:
         raise PrepareError("the validation batches held no text bytes: rebuild the data with `python prepare.py`")
     bpb = total_nats / (math.log(2) * total_bytes)
@@ -1080,10 +1084,96 @@ def _evaluate(model, tokenizer: Tokenizer, batch_size: int, device: torch.device
     return bpb
 
 
-def _record(values: dict) -> None:
-    _metrics.update(values)
-    if _METRICS_FILE:
-        _atomic_write(Path(_METRICS_FILE), (json.dumps(_metrics, indent=1, default=_jsonable) + "\n").encode())
+def _set_mode(model, training: bool) -> None:
+    try:
+        model.train(training)
+    except NotImplementedError:  # an exported graph has no train/eval mode: it was exported in eval mode
+        pass
+
+
+# ---------------------------------------------------------------------------------------------------
+# Hand-over: the trainer exports its final model and exits; a separate process scores it
+#
+# The exported program (torch.export, eval mode, tokens [B, T] -> logits [B, T, V]) is the only thing that
+# leaves the trainer. The evaluator (`python prepare.py --evaluate MODEL --metrics OUT`, run by the engine
+# from a trusted copy of this file) imports none of train.py, refuses anything in the file that could run
+# code other than tensor operations (pickled objects, custom or I/O operators, symbolic-shape code), and
+# computes val_bpb with its own tokenizer, byte table and validation data.
+
+HANDOFF_ENV = "AUTORESEARCH_HANDOFF"  # the folder where the engine takes the model from
+MODEL_FILE = "model.pt2"
+REPORT_FILE = "report.json"  # the trainer's own figures (training_seconds, num_steps, ...): informational
+REPORT_KEYS = ("training_seconds", "total_seconds", "mfu_percent", "total_tokens_M", "num_steps", "num_params_M",
+               "depth", "peak_vram_mb")
+
+_EXPORT_RULE = ("the evaluator runs forward(idx) -> logits as a torch.export graph: forward must be traceable "
+                "with a fixed input shape, using built-in PyTorch operations only (no custom or Triton "
+                "operators, no Python control flow on tensor values, no state changed in forward)")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:300]
+
+
+def export_model(model, example: torch.Tensor, dest: str | os.PathLike) -> Path:
+    """Export model in eval mode for inputs shaped like example ([B, MAX_SEQ_LEN] token ids) to dest (.pt2)."""
+    import torch.export
+
+    module = getattr(model, "_orig_mod", model)  # a torch.compile wrapper exports as the module it wraps
+    if not isinstance(example, torch.Tensor) or example.dim() != 2 or example.shape[1] != int(MAX_SEQ_LEN) \
+            or example.dtype != torch.long:
+        shape = tuple(example.shape) if isinstance(example, torch.Tensor) else type(example).__name__
+        raise PrepareError(f"hand_over needs an example batch of token ids of shape [B, {MAX_SEQ_LEN}] (int64), "
+                           f"got {shape}: pass a batch x from the training loader")
+    was_training = module.training
+    module.eval()
+    try:
+        with eval_autocast(example.device):
+            program = torch.export.export(module, (example,))
+    except PrepareError:
+        raise
+    except Exception as e:
+        raise PrepareError(f"the model cannot be exported ({type(e).__name__}: {_first_line(e)}); "
+                           f"{_EXPORT_RULE}") from None
+    finally:
+        module.train(was_training)
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.stem}.tmp{dest.suffix}")  # torch.export.save wants the .pt2 suffix
+    torch.export.save(program, tmp)
+    os.replace(tmp, dest)
+    return dest
+
+
+def hand_over(model, example: torch.Tensor, **report) -> float | None:
+    """The end of training: export model (eval mode, example = a batch of token ids [B, MAX_SEQ_LEN]) and
+    hand it to the evaluator, with the trainer's own figures (training_seconds=..., num_steps=...).
+
+    Under the engine ($AUTORESEARCH_HANDOFF set) the model is left there and None is returned: the engine
+    scores it in a separate process and prints the summary; train.py should exit. Run by hand, this
+    process starts that evaluator itself and returns val_bpb.
+    """
+    device = example.device if isinstance(example, torch.Tensor) else torch.device("cpu")
+    figures = {k: v for k, v in report.items() if k in REPORT_KEYS}
+    figures["peak_vram_mb"] = round(peak_memory_mb(device), 1)
+    figures = json.loads(json.dumps(figures, default=_jsonable))
+    folder = os.environ.get(HANDOFF_ENV)
+    if folder:
+        # the report first: the model's appearance is the hand-over, and the engine takes both at once
+        _atomic_write(Path(folder) / REPORT_FILE, json.dumps(figures).encode())
+        export_model(model, example, Path(folder) / MODEL_FILE)
+        return None
+    with tempfile.TemporaryDirectory(prefix="autoresearch-handover-") as tmp:
+        path = export_model(model, example, Path(tmp) / MODEL_FILE)
+        out = Path(tmp) / "metrics.json"
+        here = Path(__file__).resolve().parent
+        proc = subprocess.run([sys.executable, str(here / "prepare.py"), "--evaluate", str(path),
+                               "--metrics", str(out)], cwd=here)
+        metrics = _read_json(out) or {}
+    if proc.returncode != 0 or "val_bpb" not in metrics:
+        raise PrepareError(metrics.get("error") or f"the evaluator exited with code {proc.returncode}")
+    return float(metrics["val_bpb"])
 
 
 def _jsonable(value):
@@ -1092,11 +1182,222 @@ def _jsonable(value):
     return str(value)
 
 
-def finish_metrics(**info) -> dict:
-    """Merge informational fields (training_seconds, num_steps, ...) into the metrics; trusted keys
-    written by evaluate_bpb (val_bpb, peak_vram_mb, device, ...) are never overwritten."""
-    _record({k: v for k, v in info.items() if k not in _TRUSTED_KEYS and k not in ("error", "eval_seconds")})
-    return dict(_metrics)
+# what an exported program of ours holds; anything else in the archive is refused
+_ARCHIVE_ENTRY = re.compile(r"(models/model\.json|data/weights/model_weights_config\.json|data/weights/weight_\d+"
+                            r"|data/constants/model_constants_config\.json|data/constants/tensor_\d+"
+                            r"|data/sample_inputs/model\.pt|archive_format|archive_version|byteorder"
+                            r"|\.data/version|\.data/serialization_id)")
+_OP_TARGET = re.compile(r"torch\.ops\.(aten|prims)\.([A-Za-z0-9_]+)\.[A-Za-z0-9_]+")
+_HIGHER_ORDER_OPS = ("flex_attention", "wrap_with_set_grad_enabled", "wrap_with_autocast")
+_DENIED_OPS = frozenset({"from_file", "_assert_async", "_print", "_nested_tensor_from_tensor_list"})
+_RANDOM_OPS = ("rand", "normal", "bernoulli", "multinomial", "uniform", "exponential", "cauchy", "geometric",
+               "log_normal", "poisson", "native_dropout", "dropout", "_fused_dropout", "rrelu", "feature_dropout",
+               "alpha_dropout", "feature_alpha_dropout")
+_MAX_JSON_DEPTH = 200
+
+
+def _refuse_model(detail: str) -> PrepareError:
+    return PrepareError(f"the handed-over model cannot be evaluated: {detail}; {_EXPORT_RULE}")
+
+
+def _check_target(target) -> None:
+    if not isinstance(target, str):
+        raise _refuse_model(f"a graph node has the target {target!r}")
+    m = _OP_TARGET.fullmatch(target)
+    if m and m.group(2) not in _DENIED_OPS:
+        return
+    if target == "_operator.getitem" or target in {f"torch.ops.higher_order.{h}" for h in _HIGHER_ORDER_OPS}:
+        return
+    raise _refuse_model(f"it calls {target[:120]}, which the evaluator does not run")
+
+
+def _check_json(node, depth: int = 0) -> None:
+    """Walk the serialized program: every node target must be a built-in tensor operation, and nothing may be
+    symbolic (the deserializer turns symbolic expressions and guards into Python code)."""
+    if depth > _MAX_JSON_DEPTH:
+        raise _refuse_model("its graph is nested too deeply")
+    if isinstance(node, dict):
+        if "target" in node and "inputs" in node and "outputs" in node:
+            _check_target(node["target"])
+        for key, value in node.items():
+            if key in ("expr_str", "as_expr", "as_sym_int", "as_sym_float", "as_sym_bool", "as_custom_obj",
+                       "as_sym_ints", "as_sym_floats", "as_sym_bools", "as_operator"):
+                raise _refuse_model("it has symbolic shapes or custom objects (export with a fixed input shape)")
+            _check_json(value, depth + 1)
+    elif isinstance(node, list):
+        for value in node:
+            _check_json(value, depth + 1)
+
+
+def _check_archive(path: Path) -> None:
+    """Refuse a .pt2 archive that holds more than plain tensors and a graph of built-in operations."""
+    import zipfile
+
+    try:
+        zf = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as e:
+        raise _refuse_model(f"{path.name} is not an exported program ({e})") from None
+    with zf:
+        names = zf.namelist()
+        prefixes = {n.split("/", 1)[0] for n in names}
+        if len(prefixes) != 1 or any("/" not in n for n in names):
+            raise _refuse_model(f"{path.name} is not an archive written by torch.export.save")
+        prefix = prefixes.pop() + "/"
+        for name in names:
+            if not _ARCHIVE_ENTRY.fullmatch(name[len(prefix):]):
+                raise _refuse_model(f"the archive holds {name[len(prefix):][:80]!r}, which an exported model of "
+                                    f"plain tensors does not")
+        try:
+            program = json.loads(zf.read(prefix + "models/model.json"))
+            configs = [json.loads(zf.read(prefix + f"data/{kind}/model_{kind}_config.json"))
+                       for kind in ("weights", "constants") if prefix + f"data/{kind}/model_{kind}_config.json" in names]
+        except (KeyError, ValueError) as e:
+            raise _refuse_model(f"the archive's program is unreadable ({e})") from None
+    for config in configs:
+        for fqn, meta in (config.get("config") or {}).items() if isinstance(config, dict) else []:
+            if not isinstance(meta, dict) or meta.get("use_pickle") or not str(meta.get("path_name", "")).startswith(
+                    ("weight_", "tensor_")):
+                raise _refuse_model(f"its tensor {str(fqn)[:80]} is stored as a pickled object (hand over "
+                                    f"plain tensors, not tensor subclasses or custom objects)")
+    if not isinstance(program, dict) or program.get("guards_code") or program.get("range_constraints"):
+        raise _refuse_model("it carries shape guards or symbolic ranges (export with a fixed input shape)")
+    graph = (program.get("graph_module") or {}).get("graph") or {}
+    for key in ("sym_int_values", "sym_float_values", "sym_bool_values", "custom_obj_values"):
+        if graph.get(key):
+            raise _refuse_model("it has symbolic shapes or custom objects (export with a fixed input shape)")
+    _check_json(program)
+
+
+class _NoPickle:
+    """While an archive is deserialized: torch.load only through its weights-only unpickler, plain pickle and
+    TorchScript object loading refused (the validated archive should need neither; this is the second line)."""
+
+    def __enter__(self):
+        real = torch.load
+
+        def weights_only_load(f, *args, **kwargs):
+            kwargs["weights_only"] = True
+            return real(f, *args, **kwargs)
+
+        def refuse(*args, **kwargs):
+            raise _refuse_model("it holds a pickled object")
+
+        self._saved = (torch.load, pickle.loads, pickle.load, torch._C._pickle_load_obj)
+        torch.load, pickle.loads, pickle.load, torch._C._pickle_load_obj = weights_only_load, refuse, refuse, refuse
+        return self
+
+    def __exit__(self, *exc):
+        torch.load, pickle.loads, pickle.load, torch._C._pickle_load_obj = self._saved
+        return False
+
+
+def _check_program(program) -> tuple[int, str]:
+    """The loaded program: built-in operations only, no state mutation, one [B, MAX_SEQ_LEN] int64 input and
+    one output. Returns (B, the input's name)."""
+    import operator
+
+    from torch._ops import HigherOrderOperator, OpOverload
+
+    for gm in program.graph_module.modules():
+        graph = getattr(gm, "graph", None)
+        for node in graph.nodes if graph is not None else ():
+            if node.op in ("call_module", "call_method"):
+                raise _refuse_model(f"its graph has a {node.op} node")
+            if node.op != "call_function":
+                continue
+            t = node.target
+            if t is operator.getitem:
+                continue
+            if isinstance(t, OpOverload) and t.namespace in ("aten", "prims"):
+                name = t._schema.name.split("::")[-1]
+                if t._schema.is_mutable:
+                    # state kept across calls (a counter in a buffer) could tell the probe from the scoring
+                    raise _refuse_model(f"forward changes a tensor in place ({t}); use out-of-place operations")
+                if name.startswith(_RANDOM_OPS) and not (name == "dropout" and node.args[2:3] == (False,)):
+                    # random logits would widen the causality check's noise tolerance
+                    raise _refuse_model(f"forward draws random numbers ({t}) in eval mode")
+                if name not in _DENIED_OPS:
+                    continue
+            if isinstance(t, HigherOrderOperator) and t.name() in _HIGHER_ORDER_OPS:
+                continue
+            raise _refuse_model(f"it calls {getattr(t, '__name__', t)!s:.120}, which the evaluator does not run")
+    sig = program.graph_signature
+    if sig.buffers_to_mutate or sig.user_inputs_to_mutate:
+        raise _refuse_model("forward changes a tensor in place (buffers or its input); use out-of-place operations")
+    if len(sig.user_inputs) != 1 or len(sig.user_outputs) != 1:
+        raise _refuse_model(f"forward takes {len(sig.user_inputs)} inputs and returns {len(sig.user_outputs)} "
+                            f"outputs; it must take the token ids and return the logits")
+    name = sig.user_inputs[0]
+    val = next((n.meta.get("val") for n in program.graph.nodes if n.op == "placeholder" and n.name == name), None)
+    shape = tuple(val.shape) if isinstance(val, torch.Tensor) else None
+    if shape is None or len(shape) != 2 or shape[1] != int(MAX_SEQ_LEN) or val.dtype != torch.long \
+            or not all(isinstance(d, int) for d in shape):
+        raise _refuse_model(f"its input is {shape} {getattr(val, 'dtype', '')}, not token ids [B, {MAX_SEQ_LEN}] "
+                            f"(int64)")
+    return shape[0], name
+
+
+def load_model(path: str | os.PathLike):
+    """The handed-over model as a callable tokens [B, T] -> logits, and B; PrepareError when it is refused."""
+    import torch.export
+
+    path = Path(path)
+    _check_archive(path)
+    try:
+        with _NoPickle():
+            program = torch.export.load(path)
+    except PrepareError:
+        raise
+    except Exception as e:
+        raise _refuse_model(f"it does not load ({type(e).__name__}: {_first_line(e)})") from None
+    batch, _ = _check_program(program)
+    try:
+        module = program.module(check_guards=False)  # guards would be generated Python code
+    except Exception as e:
+        raise _refuse_model(f"it does not load ({type(e).__name__}: {_first_line(e)})") from None
+    return module, batch
+
+
+def _compiled_on_gpu(model, batch: int, device: torch.device):
+    """On CUDA the exported graph is compiled (eager flex attention would materialise every score matrix);
+    where compilation fails the evaluation runs eagerly: slower, the same numbers within kernel noise."""
+    if device.type != "cuda":
+        return model, False
+    try:
+        compiled = torch.compile(model, dynamic=False)
+        with torch.no_grad(), eval_autocast(device):
+            compiled(torch.zeros((batch, int(MAX_SEQ_LEN)), dtype=torch.long, device=device))
+        return compiled, True
+    except Exception as e:
+        print(f"prepare.py: evaluating without compilation ({type(e).__name__}: {_first_line(e)})", file=sys.stderr)
+        return model, False
+
+
+def evaluate_file(model_path: str | os.PathLike, metrics_path: str | os.PathLike | None = None) -> dict:
+    """The evaluator: load the handed-over model, score it on the validation data, write the metrics (JSON)."""
+    t0 = time.time()
+    out = Path(metrics_path) if metrics_path else None
+    try:
+        model, batch = load_model(model_path)
+        device = _model_device(model)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise PrepareError("the model was exported on a GPU but the evaluator has none")
+        tokenizer = Tokenizer.from_directory()
+        model, compiled = _compiled_on_gpu(model, batch, device)
+        t_loaded = time.time()
+        val_bpb = evaluate_bpb(model, tokenizer, batch)
+    except PrepareError as e:
+        if out:
+            _atomic_write(out, (json.dumps({"error": str(e), "dataset": str(DATASET)}) + "\n").encode())
+        raise
+    info = {"val_bpb": val_bpb, "device": device.type, "dataset": str(DATASET), "eval_tokens": int(EVAL_TOKENS),
+            "max_seq_len": int(MAX_SEQ_LEN), "vocab_size": tokenizer.get_vocab_size(), "eval_batch_size": batch,
+            "eval_peak_mb": round(peak_memory_mb(device), 1), "eval_load_seconds": round(t_loaded - t0, 2),
+            "eval_compiled": compiled,
+            "eval_seconds": round(time.time() - t0, 2)}
+    if out:
+        _atomic_write(out, (json.dumps(info, indent=1) + "\n").encode())
+    return info
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1146,9 +1447,12 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> int:
     """python prepare.py [--dataset NAME|PATH] [--num-shards N] [--vocab-size N] [--cache DIR]
+       python prepare.py --evaluate MODEL.pt2 [--metrics OUT.json]
 
     Downloads or builds the dataset (default: DATASET from constants.py) into the cache and trains
     its tokenizer. Safe to re-run: finished files are kept, interrupted downloads resume.
+    With --evaluate: the evaluator. Scores a model handed over by train.py (see hand_over) on the
+    validation data and writes the metrics as one JSON object to OUT (the engine runs it).
     """
     parser = _Parser(
         prog="prepare.py",
@@ -1165,10 +1469,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokenizer-chars", type=int, default=None,
                         help=f"characters of text to train the tokenizer on (default {TOKENIZER_CHARS:,})")
     parser.add_argument("--retrain-tokenizer", action="store_true", help="train the tokenizer even if present")
+    parser.add_argument("--evaluate", metavar="MODEL", default=None,
+                        help="score a model exported by hand_over (.pt2) instead of preparing data")
+    parser.add_argument("--metrics", metavar="OUT", default=None, help="with --evaluate: where to write the metrics")
     try:
         args = parser.parse_args(argv)
         if args.cache:
             os.environ["AUTORESEARCH_CACHE"] = str(Path(args.cache).expanduser().resolve())
+        if args.evaluate:
+            info = evaluate_file(args.evaluate, args.metrics)
+            print(f"val_bpb: {info['val_bpb']:.6f} (evaluated in {info['eval_seconds']:.1f} s)", flush=True)
+            return 0
         prepare(args.dataset, num_shards=args.num_shards, vocab_size=args.vocab_size,
                 tokenizer_chars=args.tokenizer_chars, retrain_tokenizer=args.retrain_tokenizer,
                 log=lambda msg: print(msg, flush=True))

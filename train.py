@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from prepare import MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, evaluate_bpb, finish_metrics, make_dataloader
+from prepare import MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, hand_over, make_dataloader, peak_memory_mb
 
 # ---------------------------------------------------------------------------
 # Hyperparameters (the agent's knobs; size knobs are rewritten by `autoresearch setup`)
@@ -43,7 +43,7 @@ MUON_MOMENTUM = (0.85, 0.95, 300)  # Nesterov momentum: start, end, steps of the
 SOFTCAP = 15.0  # logits = SOFTCAP * tanh(logits / SOFTCAP)
 VE_GATE_CHANNELS = 32  # input channels of the value-embedding gate
 TIMING_SKIP_STEPS = 10  # first steps (torch.compile) not counted in the time budget on CUDA
-SEED = 42  # torch RNG seed
+SEED = 42  # torch RNG seed (the engine sets AUTORESEARCH_SEED for its noise and confirmation runs)
 
 # ---------------------------------------------------------------------------
 # Hardware: CUDA (bf16 autocast, torch.compile, flex attention) > Apple MPS > CPU (fp32, eager)
@@ -97,7 +97,12 @@ if USE_CUDA:
     from torch.nn.attention.flex_attention import flex_attention as _flex
 
     # Eager flex attention materialises the full score matrix; compiled it is a fused kernel.
-    flex_attention = torch.compile(_flex, dynamic=False)
+    _compiled_flex = torch.compile(_flex, dynamic=False)
+
+    def flex_attention(q, k, v, block_mask):
+        # torch.export traces the uncompiled operator (the evaluator compiles the exported graph itself)
+        flex = _flex if torch.compiler.is_exporting() else _compiled_flex
+        return flex(q, k, v, block_mask=block_mask)
 
 
 def sliding_window_block_mask(T, window, device):
@@ -432,9 +437,10 @@ def muon_momentum(step):
 # Setup
 
 if __name__ == "__main__":
-    torch.manual_seed(SEED)
+    seed = int(os.environ.get("AUTORESEARCH_SEED") or SEED)
+    torch.manual_seed(seed)
     if USE_CUDA:
-        torch.cuda.manual_seed(SEED)
+        torch.cuda.manual_seed(seed)
         torch.set_float32_matmul_precision("high")
     tokenizer = Tokenizer.from_directory()
     vocab_size = tokenizer.get_vocab_size()
@@ -527,26 +533,26 @@ if __name__ == "__main__":
     print(flush=True)
 
     # -----------------------------------------------------------------------
-    # Evaluation (prepare.py computes val_bpb itself and writes the trusted metrics) and summary
+    # Hand-over: the model leaves as an exported graph; a separate process computes val_bpb from its logits
+    # on the validation data (prepare.py, the trusted metric). Under the engine hand_over returns None and
+    # the engine prints the summary; run by hand it evaluates and returns val_bpb.
 
-    model.eval()
-    with autocast_ctx:
-        val_bpb = evaluate_bpb(train_model, tokenizer, DEVICE_BATCH_SIZE)
     counted_steps = max(step - TIMING_SKIP_STEPS, 1)
     mfu_percent = 100 * flops_per_token * TOTAL_BATCH_SIZE * counted_steps / training_time / peak if peak else 0.0
     total_tokens = step * TOTAL_BATCH_SIZE
-    total_seconds = time.time() - T_START
-    metrics = finish_metrics(training_seconds=round(training_time, 1), total_seconds=round(total_seconds, 1),
-                             mfu_percent=round(mfu_percent, 2), total_tokens_M=round(total_tokens / 1e6, 1),
-                             num_steps=step, num_params_M=round(num_params / 1e6, 1), depth=DEPTH)
-    peak_vram_mb = metrics["peak_vram_mb"]  # measured by prepare.py (CUDA allocator peak; peak RSS on CPU)
-    print("---")
-    print(f"val_bpb:          {val_bpb:.6f}")
-    print(f"training_seconds: {training_time:.1f}")
-    print(f"total_seconds:    {total_seconds:.1f}")
-    print(f"peak_vram_mb:     {peak_vram_mb:.1f}")
-    print(f"mfu_percent:      {mfu_percent:.2f}")
-    print(f"total_tokens_M:   {total_tokens / 1e6:.1f}")
-    print(f"num_steps:        {step}")
-    print(f"num_params_M:     {num_params / 1e6:.1f}")
-    print(f"depth:            {DEPTH}")
+    summary = dict(training_seconds=round(training_time, 1), mfu_percent=round(mfu_percent, 2),
+                   total_tokens_M=round(total_tokens / 1e6, 1), num_steps=step, num_params_M=round(num_params / 1e6, 1),
+                   depth=DEPTH)
+    val_bpb = hand_over(model, x, total_seconds=round(time.time() - T_START, 1), **summary)
+    if val_bpb is not None:
+        total_seconds = time.time() - T_START
+        print("---")
+        print(f"val_bpb:          {val_bpb:.6f}")
+        print(f"training_seconds: {training_time:.1f}")
+        print(f"total_seconds:    {total_seconds:.1f}")
+        print(f"peak_vram_mb:     {peak_memory_mb(device):.1f}")
+        print(f"mfu_percent:      {mfu_percent:.2f}")
+        print(f"total_tokens_M:   {total_tokens / 1e6:.1f}")
+        print(f"num_steps:        {step}")
+        print(f"num_params_M:     {num_params / 1e6:.1f}")
+        print(f"depth:            {DEPTH}")

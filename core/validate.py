@@ -203,10 +203,9 @@ def _dotted_tail(node: ast.AST) -> str:
 
 
 def check_integrity(source: str) -> str | None:
-    """Static checks that keep train.py from faking the metric. Best effort: a guard rail, not a sandbox.
-
-    The real protection is that the metric is computed in prepare.py and travels through a file whose
-    path train.py never sees.
+    """Static checks that reject the obvious attempts before any training time is spent. Best effort: a guard
+    rail, not the protection. That is the run itself (docs/integrity.md): the score comes from a separate
+    evaluator that runs none of train.py's code, and the trainer runs in a sandbox where the OS offers one.
     """
     if "AUTORESEARCH_METRICS" in source:
         return "rejected: train.py mentions AUTORESEARCH_METRICS (the metrics channel is the evaluation's)"

@@ -16,25 +16,39 @@ ROOT = Path(__file__).resolve().parent.parent
 
 FAKE_CONSTANTS = '''"""Fake constants for engine tests."""
 TIME_BUDGET = 1  # seconds
+STARTUP_ALLOWANCE = 60  # seconds beyond TIME_BUDGET to hand over the model
 DATASET = "fake"  # the test cache holds an empty fake dataset
 '''
 
-# prepare.py pops the metrics path at import, like the real one: train.py never sees it
-FAKE_PREPARE = '''"""Fake prepare.py: owns the trusted metrics channel."""
+# The fake keeps the real contract without a real model: evaluate() hands over like prepare.hand_over, writing
+# report.json, then the "model" (a JSON file saying which val_bpb it is worth) into $AUTORESEARCH_HANDOFF;
+# `prepare.py --evaluate MODEL --metrics OUT`, run by the engine from its trusted copy, turns it into the metrics
+FAKE_PREPARE = '''"""Fake prepare.py: the hand-over of a fake model and the evaluator that scores it."""
 import json
 import os
-
-_METRICS = os.environ.pop("AUTORESEARCH_METRICS_FILE", None)
+import sys
 
 
 def evaluate(val_bpb, peak_vram_mb):
-    if _METRICS:
-        with open(_METRICS, "w") as f:
-            json.dump({"val_bpb": val_bpb, "peak_vram_mb": peak_vram_mb, "device": "cpu"}, f)
-    return val_bpb
+    folder = os.environ.get("AUTORESEARCH_HANDOFF")
+    if not folder:
+        return val_bpb
+    with open(os.path.join(folder, "report.json"), "w") as f:
+        json.dump({"peak_vram_mb": peak_vram_mb, "training_seconds": 0.1, "num_steps": 5}, f)
+    tmp = os.path.join(folder, ".model.tmp")
+    with open(tmp, "w") as f:
+        json.dump({"quality": val_bpb}, f)
+    os.replace(tmp, os.path.join(folder, "model.pt2"))
+    return None
+
+
+if __name__ == "__main__" and "--evaluate" in sys.argv:
+    model = json.load(open(sys.argv[sys.argv.index("--evaluate") + 1]))
+    with open(sys.argv[sys.argv.index("--metrics") + 1], "w") as f:
+        json.dump({"val_bpb": model["quality"], "device": "cpu"}, f)
 '''
 
-FAKE_TRAIN = '''"""Fake trainer: prints progress with carriage returns, reports QUALITY as val_bpb through prepare."""
+FAKE_TRAIN = '''"""Fake trainer: prints progress with carriage returns, hands over a model worth QUALITY through prepare."""
 import json
 import os
 import subprocess
@@ -54,15 +68,20 @@ SLEEP = 0.2  # seconds of training
 # filler 6
 
 # tests steer running engines through this ignored file of the workspace (duration, mode); the trainer runs
-# in a run folder inside the workspace's .autoresearch/, so the file is found in a folder above
+# in a run folder inside the workspace's .autoresearch/ and may not read the workspace: the engine's tests
+# pass the file's content in FAKE_CONTROL
 _ctl_dir = _d = os.path.abspath(".")
 for _ in range(4):
     if os.path.exists(os.path.join(_d, "fake_control.json")):
         _ctl_dir = _d
         break
     _d = os.path.dirname(_d)
-if os.path.exists(os.path.join(_ctl_dir, "fake_control.json")):
+_ctl = None
+try:
     _ctl = json.load(open(os.path.join(_ctl_dir, "fake_control.json")))
+except (OSError, ValueError):
+    pass
+if _ctl is not None:
     SLEEP = _ctl.get("sleep", SLEEP)
     MODE = _ctl.get("mode", MODE)
 
@@ -86,8 +105,7 @@ if MODE == "fakeprint":
 if MODE == "spawn":
     time.sleep(600)
 evaluate(QUALITY, 2048.0)
-print("---")
-print(f"val_bpb:          {QUALITY:.6f}")
+print("handed over", flush=True)
 '''
 
 

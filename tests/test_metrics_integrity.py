@@ -16,3 +16,17 @@ def test_constants_mismatch_is_refused(tmp_path):
     cheat = dict(good, eval_tokens=256)
     reason = parse_metrics(json.dumps(cheat), expected)[1]
     assert reason and "eval_tokens" in reason and "constants.py" in reason
+
+
+def test_the_sandbox_grants_the_data_folders_prepare_py_reads(tmp_path, monkeypatch):
+    """core.training computes the dataset folder the trainer may read; it must be prepare.py's."""
+    from prepare_helpers import load_prepare, make_workspace
+
+    from core.training import cache_root, dataset_dir
+
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "My Corpus"
+    folder.mkdir()
+    prep = load_prepare(make_workspace(tmp_path / "ws"), monkeypatch)
+    for name in ("climbmix", "pystdlib", str(folder)):
+        assert dataset_dir(name, cache_root()) == prep.dataset_dir(name).resolve()

@@ -281,7 +281,7 @@ def test_cli_help_and_repo_module_api(tmp_path, monkeypatch, capsys):
     assert exit_info.value.code == 0 and "--dataset" in out and "pystdlib" in out and "--num-shards" in out
     # The real prepare.py imports with the real constants.py and exposes the runtime API train.py uses.
     code = ("import prepare as p; names = ['MAX_SEQ_LEN','TIME_BUDGET','EVAL_TOKENS','VOCAB_SIZE','DATASET',"
-            "'Tokenizer','get_token_bytes','make_dataloader','evaluate_bpb','finish_metrics','peak_memory_mb',"
+            "'Tokenizer','get_token_bytes','make_dataloader','hand_over','evaluate_bpb','evaluate_file','peak_memory_mb',"
             "'prepare','PrepareError']; missing = [n for n in names if not hasattr(p, n)]; print(missing); "
             "import sys; print(sorted(m for m in sys.modules if m == 'core' or m.startswith('core.')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)

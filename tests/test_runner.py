@@ -6,7 +6,6 @@ import json
 import sys
 import threading
 import time
-from pathlib import Path
 
 from engine_fixtures import FAKE_PREPARE, FAKE_TRAIN, wait_for
 
@@ -157,16 +156,92 @@ def test_local_runner_reads_the_trusted_metrics_file(tmp_path):
     assert json.loads(out.read_text())["val_bpb"] == 1.0
 
 
-def test_metrics_path_is_outside_the_workspace_and_fresh(tmp_path):
+def test_a_trainer_has_no_metrics_channel_and_files_it_writes_are_not_believed(tmp_path):
     d = tmp_path / "ws"
     d.mkdir()
-    (d / "train.py").write_text("import os, json\np = os.environ['AUTORESEARCH_METRICS_FILE']\n"
-                                "print(p)\nprint(os.path.exists(p))\njson.dump({'val_bpb': 1.5}, open(p, 'w'))\n")
+    # the old channel: a path in the environment; and a guess at where the engine keeps the metrics
+    (d / "train.py").write_text("import os, json\nprint([k for k in os.environ if 'METRIC' in k])\n"
+                                "for p in ('metrics.json', os.path.join(os.path.dirname(os.getcwd()), 'metrics.json')):\n"
+                                "    try:\n        json.dump({'val_bpb': 0.0001}, open(p, 'w'))\n"
+                                "    except OSError as e:\n        print('denied', e.errno)\n")
+    out = tmp_path / "exp" / "metrics.json"
+    res = LocalRunner(d).train([tmp_path / "train.log"], out)
+    assert not res.ok and res.val_bpb is None and "no metrics" in res.reason
+    assert res.tail[0] == "[]"  # no variable names a metrics file
+    assert not out.exists()
+
+
+def test_trainer_environment_is_allow_listed_with_a_per_run_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("CANARY_API_KEY", "sk-canary-0123")
+    monkeypatch.setenv("SOME_SHELL_SETTING", "x")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    d = _trainer_dir(tmp_path, "import os\nfor k in sorted(os.environ): print('ENV', k, os.environ[k])\n"
+                               + FAKE_TRAIN.split('"""', 2)[2])
+    res = LocalRunner(d).train([tmp_path / "train.log"], None)
+    assert res.ok, res.reason
+    env = dict(line.split(" ", 2)[1:] for line in (tmp_path / "train.log").read_text().splitlines()
+               if line.startswith("ENV ") and line.count(" ") >= 2)
+    assert "CANARY_API_KEY" not in env and "SOME_SHELL_SETTING" not in env
+    assert "sk-canary-0123" not in (tmp_path / "train.log").read_text()
+    assert env["OMP_NUM_THREADS"] == "2" and env["AUTORESEARCH_RUN"].endswith("/manual")
+    run_dir = d / ".autoresearch" / "runs" / "manual"
+    assert env["HOME"] == str(run_dir / ".home") and env["TMPDIR"] == str(run_dir / ".tmp")
+    assert not run_dir.exists()  # removed after the run
+
+
+def test_over_budget_is_measured_outside_the_trainer(tmp_path):
+    slow = FAKE_TRAIN.replace("evaluate(QUALITY, 2048.0)", "time.sleep(30)\nevaluate(QUALITY, 2048.0)")
+    d = _trainer_dir(tmp_path, slow)
+    (d / "constants.py").write_text("TIME_BUDGET = 1\nSTARTUP_ALLOWANCE = 2\n")
+    t0 = time.monotonic()
     res = LocalRunner(d).train([], None)
-    path, existed = res.tail[0], res.tail[1]
-    assert res.ok and res.val_bpb == 1.5 and res.peak_vram_mb == 0.0
-    assert not path.startswith(str(d)) and existed == "False"
-    assert not Path(path).exists() and not Path(path).parent.exists()  # cleaned up
+    assert not res.ok and res.reason == ("over budget: train.py had not handed over a model 3 s after it started; "
+                                         "the limit is TIME_BUDGET 1 s + STARTUP_ALLOWANCE 2 s = 3 s")
+    assert time.monotonic() - t0 < 20
+
+
+def test_reported_training_seconds_must_fit_the_measured_wall_time(tmp_path):
+    liar = FAKE_PREPARE.replace('"training_seconds": 0.1', '"training_seconds": 1000.0')
+    d = _trainer_dir(tmp_path)
+    (d / "prepare.py").write_text(liar)
+    res = LocalRunner(d).train([], None)
+    assert not res.ok and res.reason.startswith("rejected: train.py reported training_seconds 1000.0 but handed "
+                                                "over its model ")
+
+
+def test_a_trainer_that_keeps_running_after_the_hand_over_is_stopped(tmp_path, monkeypatch):
+    from core import training
+    monkeypatch.setattr(training, "HANDOVER_EXIT_S", 1.0)
+    d = _trainer_dir(tmp_path, FAKE_TRAIN + "\ntime.sleep(600)\n")
+    t0 = time.monotonic()
+    res = LocalRunner(d).train([tmp_path / "train.log"], None)
+    assert res.ok and res.val_bpb == 1.0, res.reason
+    assert time.monotonic() - t0 < 20
+    assert res.timings["training_wall_s"] < res.timings["trainer_s"]
+
+
+def test_ok_run_prints_the_upstream_summary_and_records_the_integrity_level(tmp_path):
+    from core.sandbox import landlock_abi
+    d = _trainer_dir(tmp_path)
+    out = tmp_path / "exp" / "metrics.json"
+    res = LocalRunner(d).train([tmp_path / "train.log"], out)
+    assert res.ok
+    log = (tmp_path / "train.log").read_text()
+    block = log[log.rindex("---\n"):].splitlines()
+    assert block[1] == "val_bpb:          1.000000" and "peak_vram_mb:     2048.0" in block
+    abi = landlock_abi()[0]
+    expected = f"L2 (landlock ABI {abi})" if abi else "L1 (no sandbox: "
+    assert res.integrity.startswith(expected)
+    saved = json.loads(out.read_text())
+    assert saved["integrity"] == res.integrity and saved["integrity_level"] == res.integrity[:2]
+    assert saved["trainer_reported"] == ["num_steps", "peak_vram_mb", "training_seconds"]
+
+
+def test_without_a_sandbox_the_level_says_what_is_off(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTORESEARCH_SANDBOX", "off")
+    res = LocalRunner(_trainer_dir(tmp_path)).train([], None)
+    assert res.ok and res.integrity.startswith("L1 (no sandbox: turned off by AUTORESEARCH_SANDBOX=off; the "
+                                               "trainer can read the validation data")
 
 
 def test_local_runner_does_not_believe_stdout(tmp_path):
@@ -177,7 +252,8 @@ def test_local_runner_does_not_believe_stdout(tmp_path):
     assert "val_bpb:          0.100000" in res.tail
 
 
-def test_local_runner_crash_and_timeout_reasons(tmp_path):
+def test_local_runner_crash_and_timeout_reasons(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTORESEARCH_TRAINER_RW", str(tmp_path))  # the fake writes grandchild.pid here
     d = _trainer_dir(tmp_path, FAKE_TRAIN.replace('MODE = "ok"', 'MODE = "crash"'))
     res = LocalRunner(d).train([], None)
     assert not res.ok and res.reason == "train.py exited with code 1"

@@ -163,7 +163,6 @@ def cpu_workspace(tmp_path_factory):
     apply_profile(ws, "cpu", "pystdlib", time_budget=3)
     set_line(ws / "constants.py", "EVAL_TOKENS", "8192")  # one batch of 32 x 256
     env = dict(os.environ, AUTORESEARCH_CACHE=str(tmp_path_factory.getbasetemp() / "cache"), OMP_NUM_THREADS="2")
-    env.pop("AUTORESEARCH_METRICS_FILE", None)
     proc = subprocess.run([sys.executable, "prepare.py", "--dataset", "pystdlib"], cwd=ws, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -177,24 +176,30 @@ def set_line(path: Path, name: str, value: str) -> None:
 
 
 def run_train(ws: Path, env: dict, metrics: Path, timeout: float):
-    env = dict(env, AUTORESEARCH_METRICS_FILE=str(metrics))
+    """train.py run by hand (no engine): hand_over evaluates in a separate process and train.py prints the summary."""
+    env = {k: v for k, v in env.items() if k != "AUTORESEARCH_HANDOFF"}
     t0 = time.time()
     proc = subprocess.run([sys.executable, "train.py"], cwd=ws, env=env, capture_output=True, timeout=timeout)
     return proc, time.time() - t0
 
 
 @pytest.mark.slow
-def test_cpu_profile_runs_end_to_end(cpu_workspace, tmp_path):
+def test_cpu_profile_runs_end_to_end(cpu_workspace, tmp_path, monkeypatch):
+    """The engine's path: run_training with the real trainer, the hand-over and the separate evaluator."""
+    from core.training import run_training, trainer_files
     ws, env = cpu_workspace
+    monkeypatch.setenv("AUTORESEARCH_CACHE", env["AUTORESEARCH_CACHE"])
+    monkeypatch.setenv("AUTORESEARCH_SEED", "7")
     metrics = tmp_path / "metrics.json"
-    proc, _ = run_train(ws, env, metrics, timeout=300)
-    out = proc.stdout.decode()
-    assert proc.returncode == 0, out[-3000:] + proc.stderr.decode()[-3000:]
+    log = tmp_path / "train.log"
+    res = run_training(trainer_files(ws), tmp_path / "run", logs=[log], metrics_out=metrics, timeout=600)
+    out = log.read_bytes().decode()
+    assert res.ok, (res.reason, out[-3000:])
     # one progress line per step, rewritten in place with \r
     assert "\rstep 00000 (0.0%) | loss: " in out and "\rstep 00001 " in out
     assert re.search(r"\| lrm: [\d.]+ \| dt: \d+ms \| tok/sec: [\d,]+ \| mfu: n/a \| epoch: \d+ \| remaining: \d+s", out)
     lines = out.split("\n")
-    start = lines.index("---")
+    start = len(lines) - 1 - lines[::-1].index("---")
     block = lines[start + 1:start + 1 + len(SUMMARY_KEYS)]
     printed = {}
     for key, line in zip(SUMMARY_KEYS, block):
@@ -202,13 +207,15 @@ def test_cpu_profile_runs_end_to_end(cpu_workspace, tmp_path):
         printed[key] = line[18:]
     assert re.fullmatch(r"\d+\.\d{6}", printed["val_bpb"]) and re.fullmatch(r"\d+\.\d{2}", printed["mfu_percent"])
     m = json.loads(metrics.read_text())
-    assert math.isfinite(m["val_bpb"]) and 0 < m["val_bpb"] < 10
-    assert printed["val_bpb"] == f"{m['val_bpb']:.6f}"  # the trusted number, as prepare.py measured it
+    assert math.isfinite(m["val_bpb"]) and 0 < m["val_bpb"] < 10 and m["val_bpb"] == res.val_bpb
+    assert printed["val_bpb"] == f"{m['val_bpb']:.6f}"  # the trusted number, as the evaluator measured it
     assert float(printed["peak_vram_mb"]) == pytest.approx(m["peak_vram_mb"], abs=0.1)
     assert m["device"] == "cpu" and m["dataset"] == "pystdlib" and m["depth"] == 2
     assert m["num_steps"] >= 2 and m["training_seconds"] >= 3.0 and m["total_seconds"] > m["training_seconds"]
     assert int(printed["num_steps"]) == m["num_steps"] and m["mfu_percent"] == 0.0
     assert m["total_tokens_M"] == pytest.approx(m["num_steps"] * 8192 / 1e6, abs=0.05)
+    assert m["training_wall_s"] >= m["training_seconds"] and m["eval_s"] > 0
+    assert m["integrity"] == res.integrity and res.integrity.startswith(("L2 (landlock ABI", "L1 (no sandbox"))
 
 
 @pytest.mark.slow
