@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import re
 import signal
 import sys
 import threading
@@ -23,23 +20,16 @@ from .workspace import Workspace
 
 # --- checks before starting -------------------------------------------------------------------------
 
-def cache_root() -> Path:
-    env = os.environ.get("AUTORESEARCH_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "autoresearch"
-
-
 def dataset_dir(ws: Workspace) -> tuple[str | None, Path]:
-    """Where prepare.py keeps the workspace's dataset (same rule as prepare.dataset_dir, without importing torch)."""
+    """(DATASET of constants.py, where prepare.py keeps it); None for an upstream-style workspace."""
+    from .training import cache_root
+    from .training import dataset_dir as folder_of
+
     dataset = read_constant(ws.root / "constants.py", "DATASET", None)
     cache = cache_root()
     if not isinstance(dataset, str) or not dataset:
         return None, cache  # an upstream-style workspace: <cache>/data and <cache>/tokenizer
-    if "/" in dataset or os.sep in dataset or dataset.startswith((".", "~")) or Path(dataset).is_dir():
-        folder = Path(dataset).expanduser().resolve()
-        slug = re.sub(r"[^A-Za-z0-9._-]+", "-", folder.name).strip("-.") or "folder"
-        digest = hashlib.sha1(str(folder).encode()).hexdigest()[:8]
-        return dataset, cache / f"local-{slug}-{digest}"
-    return dataset, cache / dataset
+    return dataset, folder_of(dataset, cache)
 
 
 def check_data(ws: Workspace) -> None:
@@ -80,6 +70,9 @@ def _preflight(ws: Workspace, data_here: bool = True):
 
 def cmd_loop(ws: Workspace, args) -> int:
     """autoresearch loop [--tag T] [--agent A] [--max N] ... [--detach]: run the experiment loop."""
+    if not getattr(args, "detach", False):
+        from .containment import reexec_without_secrets
+        reexec_without_secrets()  # API keys leave this process's exec-time environment (/proc/<pid>/environ)
     cfg = config_mod.resolve(ws, args)
     _preflight(ws, data_here=cfg.executor != "ray")
     from .agents import make_agent

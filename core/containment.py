@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import sys
 from pathlib import Path
 from typing import Callable
@@ -35,8 +36,10 @@ SECRET_NAME = re.compile(r"API_KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVA
 
 
 def workspace_key(ws_root: str | os.PathLike) -> str:
-    """A short stable name of a workspace for run markers (its resolved path, hashed)."""
-    return hashlib.sha1(str(Path(ws_root).resolve()).encode()).hexdigest()[:16]
+    """A short stable name of a workspace for run markers: this machine's name and the folder, hashed (runs of
+    two engines on a shared Ray cluster never carry the same marker)."""
+    where = f"{socket.gethostname()}:{Path(ws_root).resolve()}"
+    return hashlib.sha1(where.encode()).hexdigest()[:16]
 
 
 def run_marker(owner: str, run_id: str) -> str:

@@ -35,7 +35,7 @@ from .progress import read_curve
 from .proposer import ProposalJob, ProposalOutcome, make_proposal
 from .ratchet import Ratchet, branch_name, experiment_ref, numstat
 from .status import HEARTBEAT_S, Best, Proposal, SlotRun, StatusWriter
-from .training import TrainResult, budget_of, default_timeout
+from .training import TrainResult, allowance_of, budget_of, default_timeout
 from .validate import PERSON_FILES
 from .workspace import EDITABLE_FILE, Workspace, format_experiment_id
 
@@ -154,10 +154,13 @@ class Engine:
 
     # --- lifecycle -----------------------------------------------------------------------------------
     def run(self) -> int:
+        from . import containment
         from .recovery import check_clean_tree, check_head, recover
+        from .training import integrity
 
         self.rat = Ratchet(self.ws.root)
         lock = EngineLock(self.ws).acquire()
+        containment.become_subreaper()  # orphans of a run come to the engine, not to init (Linux)
         old_handlers = {}
         try:
             check_head(self.rat)
@@ -170,6 +173,9 @@ class Engine:
             notice = getattr(self.agent, "notice", None)
             if notice:
                 self.log(f"autoresearch: {notice}.")
+            level = integrity()
+            if level.level != "L2":  # said once, plainly: which protections are off on this machine
+                self.log(f"autoresearch: integrity {level}.")
             if self.executor is None:
                 from .executors.local import LocalExecutor, plan_slots
                 self.executor = LocalExecutor(self.ws.root, plan_slots(None, None, []), argv=self.trainer_argv)
@@ -192,6 +198,7 @@ class Engine:
             if self.cfg.noise_only and self.best_val is not None:
                 self._maybe_measure_noise(force=True)
             base = led.baseline
+            self.state.update_extra(integrity=str(level))
             self.state.update(agent=self.agent.describe(), best=self._best(), slots=self._slot_status(),
                               baseline_val_bpb=base.val_bpb if base else None,
                               options={"slots": len(self.slots), "lookahead": self.cfg.lookahead,
@@ -637,7 +644,7 @@ class Engine:
         files = {name: self.rat.show_file(self.head, name) for name in ("prepare.py", "constants.py")}
         files = {k: v for k, v in files.items() if v is not None}
         files[EDITABLE_FILE] = e.train_py
-        budget = budget_of(files)
+        budget, allowance = budget_of(files), allowance_of(files)
         m.extra["time_budget"] = budget
         m.training_started_at = time.time()
         m.timings["queue_s"] = round(m.training_started_at - (m.started_at or m.training_started_at)
@@ -649,7 +656,7 @@ class Engine:
         e.slot, e.phase = slot, "starting"
         logs = [e.dir / "train.log"] + ([self.ws.run_log] if slot.id == self.slots[0].id else [])
         spec = RunSpec(exp_id=e.id, files=files, logs=tuple(logs), metrics_out=e.dir / "metrics.json",
-                       timeout=self.cfg.timeout or default_timeout(budget), seed=m.seed)
+                       timeout=self.cfg.timeout or default_timeout(budget, allowance), seed=m.seed)
         self.running[slot.id] = e
         monitor = self._monitor(e)
         callbacks = RunCallbacks(on_start=lambda child, node, e=e: self._run_started(e, child, node),
@@ -689,6 +696,10 @@ class Engine:
             result = TrainResult(False, None, None, {}, "the run ended without a result", [], 0.0)
         m.timings["train_s"] = round(result.duration_s, 3)
         m.metrics = result.metrics
+        if result.integrity:
+            m.extra["integrity"] = result.integrity  # the level this score was obtained at
+        if result.timings:
+            m.extra["run_timings"] = result.timings  # measured by the engine: trainer wall time, hand-over, eval
         dirty = [p for p in self.rat.tracked_changes() if p not in PERSON_FILES]
         if dirty:  # a run's code reached out of its run folder into the workspace
             files = ", ".join(dirty[:5])

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from . import containment
 from . import description as describe
 from .errors import UserError
 from .meta import AgentUsage
@@ -111,6 +112,8 @@ def _propose_in(job: ProposalJob, wt: Path) -> ProposalOutcome:
         env.update(job.agent.env(ctx))
         env.update(agent_env(ctx))
         env["AUTORESEARCH_WORKSPACE"] = str(job.ws.root)  # for built-in agents that read the history (mutate)
+        # the run marker: after a kill -9 of the engine, recovery finds the agent and what it started
+        env[containment.RUN_ENV] = containment.run_marker(containment.workspace_key(job.ws.root), f"agent-{job.exp_id}")
     except UserError as e:
         agent_error = str(e)
     else:

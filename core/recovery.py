@@ -90,9 +90,12 @@ def remove_leftovers(ws: Workspace, rat: Ratchet) -> None:
 def recover(ws: Workspace, rat: Ratchet, events: EventLog, log: Callable[[str], None], executor=None) -> list[str]:
     """Record every experiment a dead engine left undecided, once; end what it left running; put its branch back
     at the best measured commit. Safe to run again after being interrupted itself."""
+    from . import containment
+
     st = kill_orphans(ws, log)
+    containment.kill_orphans(ws.root, log)  # what carries this workspace's run marker, wherever it was re-parented
     if executor is not None:
-        executor.cleanup_orphans(log)
+        executor.cleanup_orphans(log)  # runs elsewhere (Ray nodes)
     remove_leftovers(ws, rat)
     done = []
     for meta in undecided_experiments(ws):

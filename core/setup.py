@@ -19,6 +19,7 @@ CONSTANTS_TEMPLATE = '''"""Fixed evaluation constants of this workspace: read-on
 
 MAX_SEQ_LEN = {MAX_SEQ_LEN}  # tokens per training row and per evaluation row
 TIME_BUDGET = {TIME_BUDGET}  # seconds of training per experiment (compilation steps excluded)
+STARTUP_ALLOWANCE = {STARTUP_ALLOWANCE}  # seconds beyond TIME_BUDGET to hand over the model (imports, compile, export)
 EVAL_TOKENS = {EVAL_TOKENS}  # validation tokens scored by evaluate_bpb
 VOCAB_SIZE = {VOCAB_SIZE}  # BPE vocabulary size, 4 special tokens included
 DATASET = {DATASET}  # data source: climbmix, fineweb-edu, tinystories, pystdlib or a folder path

@@ -195,9 +195,11 @@ def cache_root(environ=None) -> Path:
 
 
 def dataset_dir(dataset, cache: Path) -> Path:
-    """<cache>/<dataset>, computed as prepare.dataset_dir does (tests keep the two in step)."""
+    """<cache>/<dataset>, computed as prepare.dataset_dir does, without importing torch (a test keeps the two
+    equal): a built-in name, else a folder path gets a slug of its name and a hash of its absolute path."""
     name = str(dataset or "climbmix")
-    if name in BUILTIN_DATASETS:
+    if name in BUILTIN_DATASETS or not (os.sep in name or "/" in name or name.startswith((".", "~"))
+                                        or Path(name).is_dir()):
         return cache / name
     folder = Path(name).expanduser().resolve()
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", folder.name).strip("-.") or "folder"

@@ -56,7 +56,7 @@ def test_no_address_and_no_cluster_means_a_local_instance(monkeypatch, tmp_path)
 
 def test_a_workspace_key_names_the_machine_and_folder(tmp_path):
     a, b = rayx.workspace_key(tmp_path / "a"), rayx.workspace_key(tmp_path / "b")
-    assert a != b and len(a) == 12 and rayx.workspace_key(tmp_path / "a") == a
+    assert a != b and len(a) == 16 and rayx.workspace_key(tmp_path / "a") == a
 
 
 def test_two_runs_that_start_together_prepare_the_data_once(tmp_path):

@@ -55,7 +55,8 @@ def test_apply_profile_rewrites_only_constants_and_knob_lines(tmp_path):
     assert info["profile"] == "cpu" and info["dataset"] == "pystdlib"
     p = PROFILES["cpu"]
     assert constants(ws) == {"MAX_SEQ_LEN": p.max_seq_len, "TIME_BUDGET": p.time_budget, "EVAL_TOKENS": p.eval_tokens,
-                             "VOCAB_SIZE": p.vocab_size, "DATASET": "pystdlib", "PROFILE": "cpu"}
+                             "VOCAB_SIZE": p.vocab_size, "DATASET": "pystdlib", "PROFILE": "cpu",
+                             "STARTUP_ALLOWANCE": p.startup_allowance}
     assert '"""' in (ws / "constants.py").read_text() and "read-only to the agent" in (ws / "constants.py").read_text()
     new_train = (ws / "train.py").read_text()
     old_lines, new_lines = original_train.splitlines(), new_train.splitlines()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from ..containment import workspace_key
 from ..errors import UserError
 from ..procs import ProcessId, cpu_count
 from ..training import run_training
@@ -86,6 +87,7 @@ class LocalExecutor:
         self.ws_root = Path(ws_root)
         self._slots = list(slots)
         self.argv = argv
+        self.owner = workspace_key(self.ws_root)  # the run marker names this workspace
 
     def slots(self) -> list[Slot]:
         return list(self._slots)
@@ -101,12 +103,12 @@ class LocalExecutor:
                                 timeout=spec.timeout, env=env, cancel=cancel,
                                 on_start=lambda pid: callbacks.on_start(ProcessId.of(pid), None),
                                 on_phase=callbacks.on_phase, on_output=callbacks.on_output, cpus=slot.cpus,
-                                argv=self.argv)
+                                argv=self.argv, owner=self.owner)
 
         return ThreadRunHandle(slot, spec, target)
 
     def cleanup_orphans(self, log: Callable[[str], None]) -> None:
-        """Local orphans are found by recovery through engine.json and the containment marker."""
+        """Nothing beyond recovery: it kills what carries this workspace's run marker on this machine."""
 
     def close(self) -> None:
         pass

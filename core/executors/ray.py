@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .. import pyconst
+from ..containment import RUN_ENV, workspace_key
 from ..errors import UserError
 from ..procs import KILL_GRACE_S, kill_group
 from ..runner import LogSink
@@ -37,7 +38,6 @@ from .base import RunCallbacks, RunSpec, Slot, ThreadRunHandle
 
 INSTALL_HINT = ("--executor ray needs Ray, an optional extra: install it with `uv sync --extra ray` "
                 "(or `pip install 'autoresearch[ray]'`).")
-RUN_MARK = "AUTORESEARCH_RAY_RUN"  # "<workspace key>/<exp id>" in the environment of every process a run starts
 SCRATCH = "autoresearch-ray"  # the nodes' scratch folders: <tmp>/autoresearch-ray/<workspace key>/<exp id>
 PREPARED = ".autoresearch-prepared"  # in the node's data cache: one marker per prepared (dataset, prepare.py)
 POLL_S = 0.2  # how often a waiting engine thread looks at cancel and the timeout
@@ -59,12 +59,6 @@ def import_ray():
     except ImportError:
         raise UserError(INSTALL_HINT) from None
     return ray
-
-
-def workspace_key(ws_root: Path) -> str:
-    """Names this workspace's tasks and processes on the cluster (this machine's name + the folder)."""
-    where = f"{socket.gethostname()}:{Path(ws_root).resolve()}"
-    return hashlib.sha1(where.encode()).hexdigest()[:12]
 
 
 # --- on the node ------------------------------------------------------------------------------------------
@@ -144,7 +138,7 @@ def ensure_data(job: NodeJob, node: str, emit: Callable[[bytes], None], cancel: 
                 if name in job.files:
                     (work / name).write_text(job.files[name], encoding="utf-8")
             env = trainer_env(os.environ)
-            env.update({"AUTORESEARCH_CACHE": str(cache), RUN_MARK: f"{job.ws_key}/{job.exp_id}",
+            env.update({"AUTORESEARCH_CACHE": str(cache), RUN_ENV: f"{job.ws_key}/{job.exp_id}",
                         "PYTHONUNBUFFERED": "1"})
             res = run_command([sys.executable, "prepare.py"], cwd=work, env=env, logs=[], timeout=None,
                               cancel=cancel, on_output=emit)
@@ -191,7 +185,7 @@ def node_run(job: NodeJob) -> Iterator[tuple]:
     private = Path(tempfile.mkdtemp(prefix="autoresearch-metrics-copy-"))
     metrics = private / "metrics.json"
     env = dict(job.env)
-    env[RUN_MARK] = f"{job.ws_key}/{job.exp_id}"
+    env[RUN_ENV] = f"{job.ws_key}/{job.exp_id}"
     if job.cache:
         env["AUTORESEARCH_CACHE"] = str(_cache_dir(job.cache))
 
@@ -208,7 +202,7 @@ def node_run(job: NodeJob) -> Iterator[tuple]:
                 return
             res = run_training(job.files, run_dir, logs=[], metrics_out=metrics, timeout=job.timeout, env=env,
                                cancel=cancel, on_start=lambda pid: events.put(("pid", pid)),
-                               on_phase=lambda p: events.put(("phase", p)), on_output=out)
+                               on_phase=lambda p: events.put(("phase", p)), on_output=out, owner=job.ws_key)
             try:
                 text = metrics.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError):
@@ -256,7 +250,7 @@ def node_run(job: NodeJob) -> Iterator[tuple]:
 def sweep(ws_key: str, exp_id: str | None = None) -> list[dict]:
     """Kill every process that runs of this workspace (or its run exp_id) left on this node (a cleanup task).
 
-    Processes are found by RUN_MARK in their environment, which the trainer's children inherit; each one's
+    Processes are found by RUN_ENV in their environment, which the trainer's children inherit; each one's
     whole process group is killed. Returns what was found: [{"pid", "run"}].
     """
     import psutil
@@ -264,7 +258,7 @@ def sweep(ws_key: str, exp_id: str | None = None) -> list[dict]:
     found, groups = [], set()
     for p in psutil.process_iter():
         try:
-            mark = p.environ().get(RUN_MARK, "")
+            mark = p.environ().get(RUN_ENV, "")
         except (psutil.Error, OSError):
             continue
         if not mark.startswith(f"{ws_key}/") or p.pid == os.getpid():
