@@ -23,43 +23,56 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core import engine as engine_mod  # noqa: E402
+from core import proposer as proposer_mod  # noqa: E402
 from core.config import LoopConfig  # noqa: E402
 from core.engine import Engine  # noqa: E402
-from core.training import LocalRunner  # noqa: E402
+from core.executors import local as local_mod  # noqa: E402
 from core.workspace import Workspace  # noqa: E402
 
 INSTANT_AGENT = ("import os, random\n"
                  "src = open('train.py').read()\n"
                  "open('train.py', 'w').write(src.replace('QUALITY = ', 'QUALITY = %.6f  # ' % random.uniform(0.9, 1.1), 1))\n"
                  "open(os.environ['AUTORESEARCH_PROPOSAL_FILE'], 'w').write('random quality\\n')\n")
+# the trainer contract without a model: hand over a "model" (a JSON file) that the evaluator below scores
 INSTANT_TRAIN = ("import json, os, re\n"
                  "q = float(re.search(r'QUALITY = ([0-9.]+)', open('train.py').read()).group(1))\n"
-                 "json.dump({'val_bpb': q, 'peak_vram_mb': 1.0}, open(os.environ['AUTORESEARCH_METRICS_FILE'], 'w'))\n")
+                 "d = os.environ['AUTORESEARCH_HANDOFF']\n"
+                 "json.dump({'peak_vram_mb': 1.0}, open(os.path.join(d, 'report.json'), 'w'))\n"
+                 "json.dump({'quality': q}, open(os.path.join(d, '.m'), 'w'))\n"
+                 "os.replace(os.path.join(d, '.m'), os.path.join(d, 'model.pt2'))\n")
+INSTANT_PREPARE = ("import json, sys\n"
+                   "if '--evaluate' in sys.argv:\n"
+                   "    m = json.load(open(sys.argv[sys.argv.index('--evaluate') + 1]))\n"
+                   "    json.dump({'val_bpb': m['quality'], 'device': 'cpu'},\n"
+                   "              open(sys.argv[sys.argv.index('--metrics') + 1], 'w'))\n")
 
 
 class Timed:
-    """Wraps the two subprocess entry points of the engine and records how long each ran."""
+    """Wraps the agent's subprocess and the training run (trainer + evaluator) and records how long each ran,
+    per experiment id (the agent's cwd is its worktree .../worktrees/<id>, a run's folder .../runs/<id>)."""
 
     def __init__(self):
-        self.sub = 0.0
+        self.sub: dict[str, float] = {}
         self.train = 0.0
-        orig_run, orig_train = engine_mod.run, LocalRunner.train
+        orig_run, orig_train = proposer_mod.run, local_mod.run_training
         timed = self
 
-        def run(*a, **k):
-            res = orig_run(*a, **k)
-            timed.sub += res.duration_s
+        def run(argv, *, cwd, **k):
+            res = orig_run(argv, cwd=cwd, **k)
+            exp = Path(cwd).name
+            timed.sub[exp] = timed.sub.get(exp, 0.0) + res.duration_s
             return res
 
-        def train(self_, *a, **k):
-            res = orig_train(self_, *a, **k)
-            timed.sub += res.duration_s
-            timed.train += res.duration_s
+        def run_training(files, run_dir, **k):
+            t0 = time.perf_counter()
+            res = orig_train(files, run_dir, **k)
+            dt = time.perf_counter() - t0
+            timed.sub[Path(run_dir).name] = timed.sub.get(Path(run_dir).name, 0.0) + dt
+            timed.train += dt
             return res
 
-        engine_mod.run = run
-        LocalRunner.train = train
+        proposer_mod.run = run
+        local_mod.run_training = run_training
 
 
 def git(root: Path, *args: str) -> None:
@@ -71,7 +84,7 @@ def make_instant_workspace(root: Path, rows: int) -> Workspace:
 
     root.mkdir(parents=True)
     (root / "train.py").write_text("QUALITY = 1.0\n" + "".join(f"# line {i}\n" for i in range(600)))
-    (root / "prepare.py").write_text("# prepare\n")
+    (root / "prepare.py").write_text(INSTANT_PREPARE)
     (root / "constants.py").write_text("TIME_BUDGET = 1\n")
     (root / "program.md").write_text("# directives\n" * 50)
     (root / ".gitignore").write_text("results.tsv\nrun.log\n.autoresearch/\n__pycache__/\n")
@@ -88,6 +101,8 @@ def make_instant_workspace(root: Path, rows: int) -> Workspace:
 
 
 def bench_overhead(n: int = 20, rows: int = 10_000) -> dict:
+    """n experiments one after the other (one slot, no proposals ahead), each with an instant agent and trainer;
+    per experiment: its wall time (experiment_started to experiment_finished) minus its subprocesses."""
     from core.agents.base import Agent
 
     class InstantAgent(Agent):
@@ -99,26 +114,18 @@ def bench_overhead(n: int = 20, rows: int = 10_000) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         ws = make_instant_workspace(Path(tmp) / "ws", rows)
         timed = Timed()
-        per_exp: list[float] = []
-        eng = Engine(ws, LoopConfig(tag="bench", max_experiments=n + 1), agent=InstantAgent(),
-                     trainer_argv=[sys.executable, "-S", "-c", INSTANT_TRAIN], handle_signals=False,
-                     log=lambda m: None)
-        orig = eng.run_one
-
-        def run_one():
-            before = timed.sub
-            t0 = time.perf_counter()
-            out = orig()
-            per_exp.append((time.perf_counter() - t0) - (timed.sub - before))
-            return out
-
-        eng.run_one = run_one
+        eng = Engine(ws, LoopConfig(tag="bench", max_experiments=n + 1, lookahead=0, decide="plain"),
+                     agent=InstantAgent(), trainer_argv=[sys.executable, "-S", "-c", INSTANT_TRAIN],
+                     handle_signals=False, log=lambda m: None)
         t0 = time.perf_counter()
         eng.run()
         total = time.perf_counter() - t0
-        proposals = per_exp[1:]  # the first is the baseline (no agent)
-        return {"experiments": len(proposals), "rows": rows, "median_s": statistics.median(proposals),
-                "max_s": max(proposals), "min_s": min(proposals), "startup_and_total_s": total}
+        events = [json.loads(line) for line in ws.events.read_text().splitlines()]
+        started = {e["id"]: e["ts"] for e in events if e["type"] == "experiment_started"}
+        per_exp = [e["ts"] - started[e["id"]] - timed.sub.get(e["id"], 0.0) for e in events
+                   if e["type"] == "experiment_finished" and e["id"] in started and e.get("kind") != "baseline"]
+        return {"experiments": len(per_exp), "rows": rows, "median_s": statistics.median(per_exp),
+                "max_s": max(per_exp), "min_s": min(per_exp), "startup_and_total_s": total}
 
 
 def bench_real(n: int = 10, time_budget: float = 20.0) -> dict:
@@ -133,7 +140,7 @@ def bench_real(n: int = 10, time_budget: float = 20.0) -> dict:
         prep = time.perf_counter() - t0
         timed = Timed()
         from core.agents import make_agent
-        eng = Engine(ws, LoopConfig(tag="bench", max_experiments=n, agent="mutate"),
+        eng = Engine(ws, LoopConfig(tag="bench", max_experiments=n, agent="mutate", lookahead=0, decide="plain"),
                      agent=make_agent("mutate", {}), handle_signals=False, log=lambda m: None)
         t0 = time.perf_counter()
         eng.run()
