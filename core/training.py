@@ -24,7 +24,6 @@ import re
 import shutil
 import sys
 import sysconfig
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -421,6 +420,11 @@ def _append(logs: list[Path], data: bytes) -> None:
             continue
 
 
+def eval_dir_of(run_dir: Path) -> Path:
+    """The evaluator's private folder: a sibling of the run folder, which the trainer may write and this may not."""
+    return run_dir.parent / f"{run_dir.name}.eval"
+
+
 def run_training(files: dict[str, str], run_dir: Path, *, logs: list[Path], metrics_out: Path | None,
                  timeout: float | None = None, env: dict[str, str] | None = None,
                  cancel: threading.Event | None = None, on_start: Callable[[int], None] | None = None,
@@ -443,13 +447,15 @@ def run_training(files: dict[str, str], run_dir: Path, *, logs: list[Path], metr
         d.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
         (run_dir / name).write_text(text, encoding="utf-8")
-    eval_dir = Path(tempfile.mkdtemp(prefix="autoresearch-eval-"))
+    eval_dir = eval_dir_of(run_dir)  # beside the run folder: out of the trainer's reach, removed with the runs
+    shutil.rmtree(eval_dir, ignore_errors=True)
+    eval_dir.mkdir(mode=0o700)
     level = integrity()
     budget, allowance = budget_of(files), allowance_of(files)
     limit = budget + allowance
     timeout = timeout or default_timeout(budget, allowance)
     consts = _constants_of(files)
-    cache = cache_root()
+    cache = cache_root({**os.environ, **(env or {})})  # a caller's AUTORESEARCH_CACHE (a Ray node's) wins
     data = dataset_dir(consts.get("DATASET"), cache)
     marker = containment.run_marker(owner or _owner_of(run_dir), run_dir.name)
     base = trainer_env(os.environ)

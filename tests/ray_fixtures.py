@@ -19,7 +19,7 @@ _TRAIN = FAKE_TRAIN.replace(_SPAWN, _SPAWN + '    print(f"grandchild pid {child.
 # prepare.py run as a script (a node's first run) counts its runs in the cache and takes a while
 COUNTING_PREPARE = FAKE_PREPARE + '''
 
-if __name__ == "__main__":
+if __name__ == "__main__" and "--evaluate" not in sys.argv:  # the evaluator's runs are not preparations
     import time
     with open(os.path.join(os.environ["AUTORESEARCH_CACHE"], "prepare-runs.txt"), "a") as f:
         f.write(f"{os.getpid()}\\n")

@@ -86,6 +86,13 @@ def ctx_for(ws, prompt: str = "# prompt\nLower val_bpb.\n") -> AgentContext:
                         log_file=exp / "agent.log", timeout=120)
 
 
+def engine_prompt(ws) -> str:
+    """The prompt the engine writes for a CLI agent: the hand-in is its final message's DESCRIPTION line."""
+    from core.ledger import Ledger
+    from core.prompt import build_prompt
+    return build_prompt(ws, Ledger(), None, None, None, hand_in="final_message")
+
+
 def run_wrapper(agent, ctx, cwd: Path, bin_dir: Path, env: dict, timeout: float = 120):
     """What the engine does: the agent's argv in its cwd with the AUTORESEARCH_* variables."""
     full = cli_env()
@@ -140,7 +147,7 @@ def claude_edit_script(cwd: Path) -> list:
 
 
 def test_claude_edits_train_py_through_the_wrapper(ws, claude_bin):
-    ctx = ctx_for(ws, "# prompt\nPROMPT-MARKER\n")
+    ctx = ctx_for(ws, engine_prompt(ws) + "\nPROMPT-MARKER\n")
     with AnthropicServer(claude_edit_script(ws.root)) as srv:
         proc = run_wrapper(claude_agent(claude_bin), ctx, ws.root, claude_bin, claude_env(srv))
     assert proc.returncode == 0, proc.stderr
@@ -323,7 +330,7 @@ def codex_outputs(srv) -> list[str]:
 
 
 def test_codex_edits_train_py_through_the_wrapper(ws, codex_bin):
-    ctx = ctx_for(ws, "# prompt\nPROMPT-MARKER\n")
+    ctx = ctx_for(ws, engine_prompt(ws) + "\nPROMPT-MARKER\n")
     prices = {"AUTORESEARCH_PRICES": json.dumps({"gpt-6.1-sol": [2.0, 8.0, 0.2]})}
     with OpenAIServer(codex_edit_script()) as srv:
         proc = run_wrapper(codex_agent(codex_bin), ctx, ws.root, codex_bin, {**codex_env(srv), **prices})
@@ -477,7 +484,8 @@ def check_loop(ws, r, agent: str) -> dict:
 
 
 def test_loop_with_claude(ws, claude_bin):
-    with AnthropicServer(claude_edit_script(ws.root)) as srv:
+    # the engine runs the agent in its own worktree (.autoresearch/worktrees/0002), so its paths are there
+    with AnthropicServer(claude_edit_script(ws.state_dir / "worktrees" / "0002")) as srv:
         r = loop(ws, "claude", claude_bin, claude_env(srv))
     m = check_loop(ws, r, "claude")
     assert m["agent"]["cost_usd"] > 0

@@ -343,7 +343,8 @@ def test_real_cpu_trainer_with_the_mutate_agent(tmp_path):
                              flags=re.M))
     git(ws.root, "commit", "-qam", "smaller evaluation")
     subprocess.run([sys.executable, "prepare.py"], cwd=ws.root, check=True, capture_output=True, timeout=600)
-    r = cli("-C", str(ws.root), "loop", "--tag", "real", "--agent", "mutate", "--max", "2", timeout=600)
+    r = cli("-C", str(ws.root), "loop", "--tag", "real", "--agent", "mutate", "--max", "2", "--decide", "plain",
+            timeout=600)  # plain: one run per experiment (noise runs and repeats have their own tests)
     assert r.returncode == 0, r.stderr
     rows = tsv_rows(ws)
     assert [row[3] for row in rows][0] == "keep" and rows[0][4] == "baseline"

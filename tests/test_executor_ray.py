@@ -19,6 +19,15 @@ from core.errors import UserError
 from core.executors import ray as rayx
 from core.procs import pid_alive
 
+
+def ray_worker_of(pid: int) -> psutil.Process:
+    """The Ray worker process above a trainer (between them: the sandbox launcher)."""
+    for p in psutil.Process(pid).parents():
+        if p.name().startswith("ray::") or any("default_worker.py" in a for a in p.cmdline()):
+            return p
+    raise AssertionError(f"no Ray worker among the ancestors of {pid}")
+
+
 # --- without a cluster ---------------------------------------------------------------------------------------
 
 
@@ -218,11 +227,12 @@ def test_a_crashed_ray_worker_is_a_lost_run_and_leaves_nothing_behind(ex):
     h = ex.start(ex.slots()[0], spec(ex.ws_root, "0450", trainer(mode="spawn")), rec.callbacks())
     wait_for(lambda: rec.pid("grandchild") and rec.pid("training"), timeout=30, what="the trainer's pids")
     pids = rec.pid("training"), rec.pid("grandchild")
-    psutil.Process(pids[0]).parent().kill()  # the Ray worker running the task: what an OOM kill looks like
+    ray_worker_of(pids[0]).kill()  # the Ray worker running the task: what an OOM kill looks like
     r = h.result(timeout=60)
     assert not r.ok and r.reason.startswith(f"node lost: Ray lost the run on {h.slot.label} ("), r.reason
-    assert all(dead(p) for p in pids)  # the trainer's child outlives the worker; the executor's sweep ends it
-    assert any("ended 1 leftover process(es) of run(s) 0450" in m for m in ex.messages), ex.messages
+    # the launcher, the trainer and its child outlive the worker; Ray's raylet or, failing that, the executor's
+    # sweep ends them (which one did varies; that nothing is left is the point)
+    wait_for(lambda: all(dead(p) for p in pids), timeout=15, what="the run's processes to end")
 
 
 @pytest.mark.slow
@@ -267,7 +277,7 @@ def test_a_killed_engine_leaves_nothing_running_after_cleanup(ex, cluster, tmp_p
         for _ in range(2):
             exp, trainer_pid, grandchild = client.stdout.readline().split()
             pids[exp] = int(trainer_pid), int(grandchild)
-        psutil.Process(pids["0001"][0]).parent().kill()  # the Ray worker that runs 0001
+        ray_worker_of(pids["0001"][0]).kill()  # the Ray worker that runs 0001
     finally:
         os.kill(client.pid, signal.SIGKILL)
         client.wait()
@@ -360,9 +370,10 @@ def test_a_node_lost_mid_run_is_one_crash_row_and_the_loop_goes_on(cluster, tmp_
     victims = [c.add_node(num_cpus=1, resources={"loop_gpu": 1}) for _ in range(2)]
     c.wait_for_nodes()
     ws = make_workspace(tmp_path / "ws")
-    # 0002 sleeps after its evaluation (its node is killed then); 0003 runs on the node that is left
+    # 0002 trains for 40 s (its node is killed meanwhile, before it hands over a model); 0003 runs on the node
+    # that is left
     agent_cmd = write_agent_files(tmp_path, [
-        {"quality": 0.9, "append": "\nimport time\ntime.sleep(60)\n", "desc": "slow run"},
+        {"quality": 0.9, "set": {"SLEEP": 40.0}, "desc": "slow run"},
         {"quality": 0.8, "desc": "after the lost node"}])
     env = dict(cli_env(), AUTORESEARCH_RAY_RESOURCE="loop_gpu")
     engine = subprocess.Popen([sys.executable, "-m", "core.cli", "-C", str(ws.root), "loop", "--executor", "ray",
@@ -371,8 +382,8 @@ def test_a_node_lost_mid_run_is_one_crash_row_and_the_loop_goes_on(cluster, tmp_
                               stderr=subprocess.PIPE, text=True)
     try:
         started = wait_event(ws, "training_started", timeout=120, id="0002")
-        wait_for(lambda: b"val_bpb:" in (ws.experiment_dir("0002") / "train.log").read_bytes(), timeout=60,
-                 what="0002 to reach its sleep")
+        wait_for(lambda: b"step 00" in (ws.experiment_dir("0002") / "train.log").read_bytes(), timeout=60,
+                 what="0002 to be training")
         victim = next(v for v in victims if started["node"].endswith(v.node_id[:6]))
         c.remove_node(victim, allow_graceful=False)
         out, err = engine.communicate(timeout=300)

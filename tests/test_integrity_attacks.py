@@ -168,7 +168,8 @@ def test_attacks_end_as_crashes_or_genuine_scores(tmp_path, tmp_path_factory):
     env.pop("AUTORESEARCH_TRAINER_RO", None)
     agent = f"{sys.executable} {tmp_path / 'agent.py'} {tmp_path / 'plans.json'}"
     r = subprocess.run([sys.executable, "-m", "core.cli", "-C", str(ws.root), "loop", "--tag", "attack", "--agent",
-                        "command", "--agent-cmd", agent, "--max", str(1 + len(plans))], cwd=ROOT, env={
+                        "command", "--agent-cmd", agent, "--max", str(1 + len(plans)),
+                        "--decide", "plain"], cwd=ROOT, env={
                             **env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = tsv_rows(ws)

@@ -57,14 +57,14 @@ def test_unknown_status_is_refused_on_append(tmp_path):
     assert not (tmp_path / "r.tsv").exists() or (tmp_path / "r.tsv").read_text() == ""
 
 
-def test_large_ledger_parses_fast(tmp_path):
-    import time
+def test_a_large_ledger_parses_whole(tmp_path):
+    # how fast: bench/engine_overhead.py parses 10,000 rows per experiment; here only the answer is checked
     p = tmp_path / "results.tsv"
     p.write_text("commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
                  + "".join(f"{i:07x}\t{1 - i / 1e6:.6f}\t44.0\tdiscard\texperiment {i}\n" for i in range(10_000)))
-    t0 = time.perf_counter()
     led = ledger.read(p)
-    assert len(led.rows) == 10_000 and time.perf_counter() - t0 < 1.0
+    assert len(led.rows) == 10_000 and not led.bad_lines
+    assert led.rows[-1].description == "experiment 9999" and led.rows[-1].val_bpb == 1 - 9999 / 1e6
 
 
 def test_non_finite_numbers_are_malformed_lines_except_on_crash_rows():

@@ -32,7 +32,7 @@ from ..errors import UserError
 from ..procs import KILL_GRACE_S, kill_group
 from ..runner import LogSink
 from ..runner import run as run_command
-from ..training import TrainResult, run_training, trainer_env
+from ..training import TrainResult, eval_dir_of, run_training, trainer_env
 from ..workspace import atomic_write_text
 from .base import RunCallbacks, RunSpec, Slot, ThreadRunHandle
 
@@ -274,7 +274,11 @@ def sweep(ws_key: str, exp_id: str | None = None) -> list[dict]:
     for item in found:
         with contextlib.suppress(psutil.Error, OSError):
             psutil.Process(item["pid"]).kill()
-    shutil.rmtree(_scratch(ws_key) if exp_id is None else _scratch(ws_key) / exp_id, ignore_errors=True)
+    if exp_id is None:
+        shutil.rmtree(_scratch(ws_key), ignore_errors=True)
+    else:
+        shutil.rmtree(_scratch(ws_key) / exp_id, ignore_errors=True)
+        shutil.rmtree(eval_dir_of(_scratch(ws_key) / exp_id), ignore_errors=True)
     return found
 
 
