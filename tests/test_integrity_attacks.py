@@ -145,7 +145,10 @@ def test_attacks_end_as_crashes_or_genuine_scores(tmp_path, tmp_path_factory):
     ws = create_workspace(tmp_path / "ws", profile="cpu", dataset="pystdlib", time_budget=BUDGET)
     consts = ws.root / "constants.py"
     text = re.sub(r"^EVAL_TOKENS = .*$", "EVAL_TOKENS = 8192  # small for the test", consts.read_text(), flags=re.M)
-    consts.write_text(text + f"STARTUP_ALLOWANCE = {ALLOWANCE}  # a loaded 2-core test machine\n")
+    text = re.sub(r"^STARTUP_ALLOWANCE = .*$", f"STARTUP_ALLOWANCE = {ALLOWANCE}  # a loaded 2-core test machine",
+                  text, flags=re.M)  # replaced, not appended: a constant assigned twice is not read at all
+    assert f"STARTUP_ALLOWANCE = {ALLOWANCE}" in text
+    consts.write_text(text)
     git(ws.root, "commit", "-qam", "small evaluation")
     cache = os.environ["AUTORESEARCH_CACHE"]
     subprocess.run([sys.executable, "prepare.py"], cwd=ws.root, check=True, capture_output=True, timeout=900,
