@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--simplify-tolerance", type=float, default=None,
                     help="keep a simplification if val_bpb <= best + X (default 0.0005)")
     lp.add_argument("--timeout", type=float, default=None,
-                    help="hard trainer timeout in seconds (default 2 x TIME_BUDGET + grace)")
+                    help="hard trainer timeout in seconds (default TIME_BUDGET + STARTUP_ALLOWANCE + max(TIME_BUDGET, 60))")
     lp.add_argument("--agent-timeout", type=float, default=None, help="agent timeout in seconds (default 900)")
     lp.add_argument("--gpus", default=None, help="one slot per listed GPU, e.g. 0,1,3 or all (the trainer sees only "
                     "its GPU)")

@@ -36,7 +36,7 @@ class LoopConfig:
     max_experiments: int | None = None  # not saved: a limit belongs to one session
     min_delta: float = 0.0
     simplify_tolerance: float = 0.0005
-    timeout: float | None = None  # trainer hard timeout; None: 2 x TIME_BUDGET + grace
+    timeout: float | None = None  # trainer hard timeout; None: TIME_BUDGET + STARTUP_ALLOWANCE + max(TIME_BUDGET, 60)
     agent_timeout: float = DEFAULT_AGENT_TIMEOUT
     gpus: str | None = None  # "0,1,3" or "all": one slot per GPU
     slots: int | None = None  # CPU slots (or the cap on a Ray cluster's slots); None: one slot
@@ -82,7 +82,7 @@ class LoopConfig:
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 raise UserError(f"--{name} must be a whole number >= 1, not {v!r}.")
         if self.decide not in ("auto", "noise", "plain"):
-            raise UserError(f"--decide must be noise or plain, not {self.decide!r}.")
+            raise UserError(f"--decide must be auto, noise or plain, not {self.decide!r}.")
         if self.confirm not in ("wins", "borderline"):
             raise UserError(f"--confirm must be wins or borderline, not {self.confirm!r}.")
         if not isinstance(self.z, (int, float)) or isinstance(self.z, bool) or not math.isfinite(self.z) or self.z < 0:

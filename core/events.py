@@ -13,7 +13,8 @@ from .workspace import Workspace
 
 TYPES = ("engine_started", "engine_stopped", "experiment_started", "phase_changed", "proposal_ready",
          "rejected", "training_started", "experiment_finished", "paused", "resumed", "abort_requested",
-         "idea_queued", "idea_taken", "program_committed", "recovered")
+         "idea_queued", "idea_taken", "program_committed", "recovered", "rebase_needed", "overruled",
+         "overrule_refused", "noise_remeasure", "noise_measured")
 
 
 def _line(type_: str, exp_id: str | None, fields: dict) -> tuple[dict, bytes]:

@@ -10,7 +10,7 @@ from .workspace import EDITABLE_FILE
 
 # program.md is the person's file: they may edit it while the loop runs (the engine commits it before
 # the next proposal). A change to it during a proposal is rejected by the engine itself
-# (Engine._reject_program_edit, which keeps the text); the other checks leave it out.
+# (core.proposer's validation, which keeps the text); the other checks leave it out.
 PERSON_FILES = frozenset({"program.md"})
 
 # attributes that the evaluation in prepare.py relies on; rebinding them could fake the metric

@@ -1,6 +1,6 @@
 """Where one training run executes: the interface every executor (local subprocess, Ray task) implements.
 
-The engine (core.scheduler) knows only this: it asks an executor for its slots, starts a run of a given
+The engine (core.engine) knows only this: it asks an executor for its slots, starts a run of a given
 train.py in a slot, hears about it through callbacks, may cancel it, and gets a TrainResult whose metrics
 come from the trusted evaluation. How the run is placed, where its files live and how its output reaches
 the workspace's logs is the executor's business.
