@@ -1124,8 +1124,11 @@ class Engine:
         if pending is not None:
             self.ws.program_md.write_text(pending, encoding="utf-8")
         if self.ws.program_md.exists() and self.rat.differs_from_head("program.md"):
-            journal.write(self.ws, journal.Journal(self.branch, self.head, None, None))
+            blob = self.rat.git("hash-object", "--", str(self.ws.program_md)).strip()
+            journal.write(self.ws, journal.Journal(self.branch, self.head, None, None, program_blob=blob))
+            faults.point("program_intent")
             sha = self.rat.commit_paths(["program.md"], PROGRAM_MESSAGE)
+            faults.point("program_committed")
             self.head = sha
             journal.write(self.ws, journal.Journal(self.branch, self.head))
             self.events.emit("program_committed", None, commit=sha)

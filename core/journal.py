@@ -19,17 +19,19 @@ class Journal:
     head: str  # where the branch is (a measured commit, or a program.md commit on top of one)
     next: str | None = None  # where it is about to move
     next_id: str | None = None  # the experiment whose keep row makes `next` the head (None: a program.md commit)
+    program_blob: str | None = None  # about to commit a person's program.md: the git blob id of its new text
 
     def to_json(self) -> dict:
-        return {"branch": self.branch, "head": self.head, "next": self.next, "next_id": self.next_id}
+        return {"branch": self.branch, "head": self.head, "next": self.next, "next_id": self.next_id,
+                "program_blob": self.program_blob}
 
     @classmethod
     def from_json(cls, data) -> "Journal | None":
         if not isinstance(data, dict) or not isinstance(data.get("branch"), str) or not isinstance(data.get("head"), str):
             return None
-        nxt, nid = data.get("next"), data.get("next_id")
+        nxt, nid, blob = data.get("next"), data.get("next_id"), data.get("program_blob")
         return cls(data["branch"], data["head"], nxt if isinstance(nxt, str) else None,
-                   nid if isinstance(nid, str) else None)
+                   nid if isinstance(nid, str) else None, blob if isinstance(blob, str) else None)
 
 
 def path(ws: Workspace):

@@ -170,6 +170,8 @@ def _restore_branch(ws: Workspace, rat: Ratchet, log: Callable[[str], None]) -> 
     if rat.rev(target) is None:
         return
     current = rat.rev("refs/heads/" + j.branch)
+    if j.program_blob and current and _program_commit_on(rat, current, target, j.program_blob):
+        target = current  # killed after committing a person's directives: they stay (the pending file is gone)
     if current == target:
         return
     if rat.current_branch() == j.branch:
@@ -183,6 +185,18 @@ def _restore_branch(ws: Workspace, rat: Ratchet, log: Callable[[str], None]) -> 
     log(f"autoresearch: the branch {j.branch} was at {current[:7]}, which was never measured; it is back at "
         f"{target[:7]}.")
     journal.write(ws, journal.Journal(j.branch, target))
+
+
+def _program_commit_on(rat: Ratchet, commit: str, base: str, blob: str) -> bool:
+    """commit is the engine's commit of a person's directives: a child of base that changes program.md only,
+    to the text the journal announced (an agent's own commit of a program.md is undone like any other)."""
+    try:
+        if rat.rev(commit + "^") != rat.rev(base):
+            return False
+        return (rat.git("diff", "--name-only", base, commit).split() == ["program.md"]
+                and rat.git("rev-parse", f"{commit}:program.md").strip() == blob)
+    except Exception:
+        return False
 
 
 def _recorded_row(ws: Workspace, commit: str | None, offset) -> ledger.Row | None:
