@@ -282,13 +282,18 @@ def test_a_killed_engine_leaves_nothing_running_after_cleanup(ex, cluster, tmp_p
         os.kill(client.pid, signal.SIGKILL)
         client.wait()
     time.sleep(1.0)
-    assert pid_alive(pids["0001"][1]), "the crashed worker's grandchild should be left behind"
+    # whether Ray's raylet has already ended the crashed worker's descendants is a race; what is left, the
+    # next engine's cleanup must end
+    left = [p for run in pids.values() for p in run if pid_alive(p)]
     log: list[str] = []
     after = rayx.RayExecutor(root, address=c.address, resource="fake_gpu", log=log.append)
     try:
         after.cleanup_orphans(log.append)
-        assert all(dead(p) for run in pids.values() for p in run)
-        assert any(re.match(r"ray: ended \d+ leftover process\(es\) of run\(s\) 0001", m) for m in log), log
+        wait_for(lambda: all(dead(p) for run in pids.values() for p in run), timeout=15,
+                 what="every process of both runs to end")
+        if pids["0001"][1] in left:  # it was there just before the cleanup: the sweep ended it
+            assert any(re.match(r"ray: ended \d+ leftover process\(es\) of run\(s\) 0001", m) for m in log), \
+                (left, log)
         total = ray.cluster_resources()["fake_gpu"]
         wait_for(lambda: ray.available_resources().get("fake_gpu", 0) == total, timeout=30,
                  what="the dead engine's tasks to free their fake_gpu")
