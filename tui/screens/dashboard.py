@@ -11,7 +11,7 @@ from textual.widgets import Input, Tab, Tabs
 
 from ..logstream import format_agent_line
 from ..messages import ExperimentChosen, SlotSelected
-from ..widgets.chart import BpbChart
+from ..widgets.chart import BpbChart, noise_of
 from ..widgets.footer import KeyFooter
 from ..widgets.gpugauge import GpuGauge
 from ..widgets.header import DashboardHeader
@@ -162,7 +162,7 @@ class DashboardScreen(Screen):
         header.set_snapshot(snap)
         self.query_one(ResultsTable).set_rows(snap.rows, snap.best, snap.best_commit)
         self.query_one(RatchetHistory).set_rows(snap.rows, snap.best_commit)
-        self.query_one(BpbChart).set_rows(snap.rows, snap.best, snap.baseline)
+        self.query_one(BpbChart).set_rows(snap.rows, snap.best, snap.baseline, noise_of(snap.engine))
         self.query_one(GpuGauge).set_slots(snap.slots, () if snap.controllable else snap.rows[-4:])
         self._set_parallel(snap.parallel)
         slots = self.query_one(SlotsPane)

@@ -57,6 +57,52 @@ def diff_renderable(diff: str) -> Syntax:
     return Syntax(text, "diff", theme="ansi_dark", word_wrap=False, background_color="default")
 
 
+def _num(v) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def early_stop_text(meta: dict, finished) -> str | None:
+    """Why the early-stop rule stopped this run, and where ('at 40 % of the budget'); None if it was not."""
+    es = meta.get("early_stop")
+    if not isinstance(es, dict) and not (finished is not None and finished.stopped_early):
+        return None
+    es = es if isinstance(es, dict) else {}
+    reason = es.get("reason") or (finished.reason if finished is not None else None) or meta.get("reason")
+    text = sanitize_line(str(reason), 600) if reason else "by the early-stop rule"
+    frac = _num(es.get("fraction"))
+    if frac is not None and "%" not in text:
+        text += f" (at {round(100 * frac)} % of the budget)"
+    return text
+
+
+def rule_text(meta: dict, finished) -> str | None:
+    """'noise rule: z 3.5 (bar z 2 · σ 0.000600)' or 'plain rule', from meta.json's keep_rule / the ledger."""
+    rule = meta.get("keep_rule") if isinstance(meta.get("keep_rule"), dict) else {}
+    conf = rule.get("confidence") or (finished.confidence if finished is not None else None)
+    if not rule and not conf:
+        return None
+    name = sanitize_line(str(rule.get("rule") or "noise"), 20)
+    parts = [f"{name} rule"]
+    if conf:
+        parts.append(f"confidence {sanitize_line(str(conf), 40)}")
+    bits = []
+    if _num(rule.get("z")) is not None:
+        bits.append(f"bar z {_fmt(_num(rule['z']))}")
+    if _num(rule.get("sigma")) is not None:
+        bits.append(f"σ {_num(rule['sigma']):.6f}")
+    if isinstance(rule.get("runs"), int) and rule["runs"] > 1:
+        bits.append(f"mean of {rule['runs']} runs")
+    text = ": ".join(parts) if len(parts) > 1 else parts[0]
+    return text + (f" ({' · '.join(bits)})" if bits else "")
+
+
+def decided_by(meta: dict, finished) -> str | None:
+    who = meta.get("decided_by") or (finished.decided_by if finished is not None else None)
+    if not who:
+        return None
+    return "a person" if who == "person" else sanitize_line(str(who), 20)
+
+
 class ExperimentScreen(Screen):
     DEFAULT_CSS = """
     ExperimentScreen #detail-title { height: auto; background: $panel; padding: 0 1; }
@@ -70,6 +116,8 @@ class ExperimentScreen(Screen):
         Binding("escape,q", "app.pop_screen", "back"),
         Binding("right_square_bracket", "tab(1)", "next tab"),
         Binding("left_square_bracket", "tab(-1)", "prev tab"),
+        Binding("k", "keep", "keep it"),
+        Binding("r", "revert", "revert last keep"),
     ]
 
     TABS = ("diff", "metrics", "trainlog", "agentlog")
@@ -103,12 +151,40 @@ class ExperimentScreen(Screen):
         title.append(sanitize_line(r.description, 1000))
         return title
 
+    @property
+    def finished(self):
+        """The ledger's annotation of this run (core.ledger.Finished), if the engine recorded one."""
+        return getattr(self.experiment.entry, "finished", None) if self.experiment is not None else None
+
+    def _decision_line(self) -> str:
+        """'decided by a person · noise rule: confidence z 3.5 (…) · integrity L2 (landlock ABI 7)'."""
+        meta, f = self.files.meta, self.finished
+        parts = []
+        who = decided_by(meta, f)
+        if who and (who != "engine" or "decided_by" in meta or (f is not None and f.decided_by)):
+            parts.append(f"decided by {who}")
+        rule = rule_text(meta, f)
+        if rule:
+            parts.append(rule)
+        level = meta.get("integrity")
+        if isinstance(level, str) and level.strip():
+            parts.append(f"integrity {sanitize_line(level, 120)}")
+        return " · ".join(parts)
+
     def compose(self):
         title = self._title()
+        stopped = early_stop_text(self.files.meta, self.finished)
         reason = self.files.meta.get("reason")
-        if reason:
+        if stopped:  # the engine's reason starts "stopped early at 62 %: …"
+            title.append("\n" if stopped.lower().startswith("stopped early") else "\nstopped early: ")
+            title.append(stopped)
+        elif reason:
             title.append("\nreason: ")
             title.append(sanitize_line(str(reason), 1000))
+        decision = self._decision_line()
+        if decision:
+            title.append("\n")
+            title.append(decision)
         yield Static(title, id="detail-title")
         with TabbedContent(id="detail-tabs"):
             with TabPane("Diff", id="diff"):
@@ -184,6 +260,10 @@ class ExperimentScreen(Screen):
             row("status", meta.get("status") or "running")
             row("commit", meta.get("commit"))
         row("parent commit", meta.get("parent"))
+        row("stopped early", early_stop_text(meta, self.finished))
+        row("decided by", decided_by(meta, self.finished) if ("decided_by" in meta or self.finished) else None)
+        row("keep rule", rule_text(meta, self.finished))
+        row("integrity", meta.get("integrity") if isinstance(meta.get("integrity"), str) else None)
         if meta.get("simplification"):
             row("kept as", "a simplification (fewer lines, val_bpb within the tolerance)")
         added, removed = meta.get("lines_added"), meta.get("lines_removed")
@@ -213,6 +293,82 @@ class ExperimentScreen(Screen):
         if not self.exp_id:
             t.add_row(Text("note"), Text("upstream repo: only the results.tsv columns are known"))
         return t
+
+    # --- a person's decisions: keep this discarded run, revert the last keep (sent to the engine) ---
+    def unavailable(self, action: str) -> str | None:
+        """Why k / r does nothing right now (one short sentence), or None when it applies."""
+        snap = self.app.snapshot
+        if snap is None or not snap.controllable:
+            return "read-only: an upstream repo has no engine to decide"
+        if not snap.engine_alive:
+            return "no engine is running: a keep or a revert is carried out by the engine (s on the dashboard)"
+        if action == "keep":
+            r = self.experiment
+            if r is None or not self.exp_id or not self.exp_id.isdigit():
+                return "this run has not finished: only a measured discard can be kept"
+            if r.status != "discard" or r.val_bpb is None:
+                return f"experiment {self.exp_id} is {r.status}, not a measured discard; only those can be kept"
+        if action == "revert" and self._last_kept() is None:
+            return "nothing to revert: no experiment after the baseline is kept"
+        return None
+
+    def _last_kept(self):
+        snap = self.app.snapshot
+        kept = [r for r in (snap.rows if snap else ()) if r.status == "keep"]
+        return kept[-1] if len(kept) > 1 else None  # the first keep is the baseline
+
+    def check_action(self, action: str, parameters) -> bool | None:
+        if action not in ("keep", "revert"):
+            return True
+        snap = self.app.snapshot
+        if snap is None or not snap.controllable:
+            return False
+        if action == "keep" and (self.experiment is None or self.experiment.status != "discard"):
+            return False  # a kept or crashed run: the key leaves the footer
+        return True if self.unavailable(action) is None else None  # shown dimmed
+
+    def on_key(self, event) -> None:
+        action = {"k": "keep", "r": "revert"}.get(event.key)
+        if action is None:
+            return
+        why = self.unavailable(action)
+        if why is not None:
+            event.stop()
+            event.prevent_default()
+            self.app.say(why, "warning")
+
+    def action_keep(self) -> None:
+        from .modals import ConfirmScreen
+        if self.unavailable("keep") is not None:
+            return
+        exp_id, r = self.exp_id, self.experiment
+        snap = self.app.snapshot
+        best = f" (the best is {snap.best:.6f})" if snap is not None and snap.best is not None else ""
+        question = (f"Keep experiment {exp_id} (val_bpb {r.val_bpb:.6f}){best}? The engine keeps it at once if it "
+                    "was measured on the current best, otherwise it trains its change on the best first (a "
+                    "confirmation run), then keeps it. Recorded as decided by a person.")
+
+        def done(yes: bool | None) -> None:
+            if yes:
+                self.app.send_control("keep", exp_id=exp_id)
+
+        self.app.push_screen(ConfirmScreen(question, yes="Keep"), done)
+
+    def action_revert(self) -> None:
+        from .modals import ConfirmScreen
+        if self.unavailable("revert") is not None:
+            return
+        last = self._last_kept()
+        what = f"experiment {last.label} ({last.commit[:7]}" + (f", val_bpb {last.val_bpb:.6f})"
+                                                                  if last.val_bpb is not None else ")")
+        question = (f"Revert the last keep, {what}? The branch goes back to the best before it; the revert is "
+                    "recorded as decided by a person.")
+
+        def done(yes: bool | None) -> None:
+            if yes:
+                self.app.send_control("revert")
+
+        self.app.push_screen(ConfirmScreen(question, yes="Revert"), done)
 
     def action_tab(self, step: int) -> None:
         tabs = self.query_one(TabbedContent)

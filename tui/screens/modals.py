@@ -99,6 +99,10 @@ KEYS_HELP = [
     ("t", "switch the log pane between the training log and the agent's activity"),
     ("n", "several slots: the log pane follows the next slot's run (up/down in the Slots pane too)"),
     ("enter", "open the selected experiment (a results row, or a slot's run): diff, metrics, logs, transcript"),
+    ("k", "in an experiment's detail: keep that discarded experiment (asks first; the engine keeps it, "
+          "training its change on the current best first if needed; recorded as decided by a person)"),
+    ("r", "in an experiment's detail: revert the last kept experiment (asks first; the branch goes back to "
+          "the best before it)"),
     ("1 2 3 4", "show all / kept / discarded / crashed experiments (the results title shows the filter)"),
     ("/", "search id, commit and description in the results (enter keeps it, escape clears)"),
     ("[ ]", "previous / next pane (on small terminals panes are tabs)"),
@@ -112,7 +116,10 @@ HEADER_HELP = ("Header: engine state and phase · the current experiment: what i
                "train.py, warm-up: its first, untimed steps, training, evaluating), the wall time since the "
                "trainer started ('elapsed') and the trainer's own training time against the budget (its first, "
                "warm-up steps do not count, so a run takes longer than its budget) · with several slots, the runs "
-               "and proposals in flight · the best val_bpb and its gain over the baseline. "
+               "and proposals in flight · the best val_bpb and its gain over the baseline · the noise floor σ "
+               "once measured (the chart draws best ± z·σ as a dotted band) · what the agent has spent, and per "
+               "proposal · the integrity level runs are scored at (L2: sandboxed, L1: not). "
+               "conf (results): the confidence of a decision under the noise rule (z), or person. "
                "Δ decided (results, ratchet, detail): val_bpb minus the best the run was decided against, the "
                "number its keep or discard was made on; it never changes when later runs are kept.")
 

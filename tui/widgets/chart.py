@@ -17,7 +17,8 @@ BITS = ((0x01, 0x08), (0x02, 0x10), (0x04, 0x20), (0x40, 0x80))
 AXIS_W = 9  # "0.987500┤"
 OFF_SCALE = "▴"
 CRASH = "✗"
-LAYERS = ("best", "keep", "discard")  # drawing priority when layers share a cell
+LAYERS = ("best", "keep", "discard", "band")  # drawing priority when layers share a cell
+BAND = "┄"  # the noise band's legend mark
 
 
 def chart_range(points: list[tuple[int, float, str]], baseline: float | None) -> tuple[float, float]:
@@ -63,8 +64,9 @@ def x_ticks(first: int, last: int, width: int) -> list[tuple[int, str]]:
 
 def render_chart(points: list[tuple[int, float, str]], width: int, height: int, lo: float, hi: float,
                  frontier: list[tuple[int, float]] = (), first: int | None = None,
-                 last: int | None = None) -> list[list[tuple[str, str]]]:
-    """points: (x, val_bpb, status) of measured runs; frontier: (x, best so far). Returns `height` rows of
+                 last: int | None = None, band: float | None = None) -> list[list[tuple[str, str]]]:
+    """points: (x, val_bpb, status) of measured runs; frontier: (x, best so far); band: the noise band's
+    half-width (z·σ), drawn as dotted lines at best so far ± band. Returns `height` rows of
     `width` (char, layer) cells; layer is best, keep, discard, over (a point above hi: an off-scale mark in the
     top row) or ''. Pure, for tests."""
     w, h = max(1, width), max(1, height)
@@ -110,6 +112,12 @@ def render_chart(points: list[tuple[int, float, str]], width: int, height: int, 
                     put("best", x_from, yy)
             for x in range(x_from, x_to + 1):
                 put("best", x, y)
+            if band:
+                for edge in (v - band, v + band):
+                    if lo <= edge <= hi:
+                        ye = dot_y(edge)
+                        for x in range(x_from, x_to + 1, 2):
+                            put("band", x, ye)
     rows = []
     for r in range(h):
         row = []
@@ -129,12 +137,27 @@ def render_chart(points: list[tuple[int, float, str]], width: int, height: int, 
     return rows
 
 
+def _zs(z: float) -> str:
+    return f"{z:g}"
+
+
+def noise_of(engine) -> tuple[float, float] | None:
+    """(σ, z) from engine.json's extra["noise"] when σ is measured; None otherwise."""
+    noise = engine.extra.get("noise") if engine is not None else None
+    if not isinstance(noise, dict):
+        return None
+    sigma, z = noise.get("sigma"), noise.get("z")
+    ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1e6 for v in (sigma, z))
+    return (float(sigma), float(z)) if ok else None
+
+
 class BpbChart(Widget):
     """Attributes down: set_rows(rows, best, baseline) with state.Experiment rows."""
 
     DEFAULT_CSS = """
     BpbChart { height: 1fr; min-height: 4; text-wrap: nowrap; text-overflow: ellipsis; }
     BpbChart > .bpb-chart--best { color: $success; text-style: bold; }
+    BpbChart > .bpb-chart--band { color: $success 50%; }
     BpbChart > .bpb-chart--keep { color: $success; }
     BpbChart > .bpb-chart--discard { color: $text-muted; }
     BpbChart > .bpb-chart--over { color: $warning; text-style: bold; }
@@ -143,26 +166,27 @@ class BpbChart(Widget):
     BpbChart > .bpb-chart--title { color: $text-accent; text-style: bold; }
     """
 
-    COMPONENT_CLASSES = {"bpb-chart--best", "bpb-chart--keep", "bpb-chart--discard", "bpb-chart--over",
-                         "bpb-chart--crash", "bpb-chart--axis", "bpb-chart--title"}
+    COMPONENT_CLASSES = {"bpb-chart--band", "bpb-chart--best", "bpb-chart--keep", "bpb-chart--discard",
+                         "bpb-chart--over", "bpb-chart--crash", "bpb-chart--axis", "bpb-chart--title"}
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.rows = ()
         self.best = None
         self.baseline = None
+        self.noise: tuple[float, float] | None = None  # (σ, z): the band best ± z·σ is drawn when known
         self._cache_key = None
         self._cache: Text | None = None
 
-    def set_rows(self, rows, best, baseline=None) -> None:
-        if rows is self.rows and best == self.best and baseline == self.baseline:
+    def set_rows(self, rows, best, baseline=None, noise: tuple[float, float] | None = None) -> None:
+        if rows is self.rows and best == self.best and baseline == self.baseline and noise == self.noise:
             return
-        self.rows, self.best, self.baseline = rows, best, baseline
+        self.rows, self.best, self.baseline, self.noise = rows, best, baseline, noise
         self.refresh()
 
     def render(self) -> Text:
         width, height = self.content_region.width or self.size.width, self.content_region.height or self.size.height
-        key = (id(self.rows), len(self.rows), self.best, self.baseline, width, height, self.app.theme)
+        key = (id(self.rows), len(self.rows), self.best, self.baseline, self.noise, width, height, self.app.theme)
         if key == self._cache_key and self._cache is not None:
             return self._cache
         text = self._draw(width, height)
@@ -171,7 +195,7 @@ class BpbChart(Widget):
 
     def _draw(self, width: int, height: int) -> Text:
         st = {n: self.get_component_rich_style(f"bpb-chart--{n}", partial=True)
-              for n in ("best", "keep", "discard", "over", "crash", "axis", "title")}
+              for n in ("best", "keep", "discard", "over", "crash", "axis", "title", "band")}
         points = [(r.n, r.val_bpb, r.status) for r in self.rows if r.val_bpb is not None]
         crashes = [r.n for r in self.rows if r.status == "crash"]
         out = Text(no_wrap=True, overflow="crop")
@@ -187,6 +211,12 @@ class BpbChart(Widget):
                 out.append("\n" + "no finished experiments yet", style=st["axis"])
             return out
         lo, hi = chart_range(points, self.baseline)
+        band = None
+        if self.noise is not None:
+            sigma, z = self.noise
+            band = sigma * z if sigma > 0 and z > 0 else None
+            if band and self.best is not None and self.best - band < lo:
+                lo = self.best - band  # room for the band's lower edge under the best
         n_over = sum(1 for _, v, _ in points if v > hi)
         # rows: title, legend, the plot, a strip for crashes (when there are any), the x axis
         plot_h = height - 3 - bool(crashes)
@@ -196,6 +226,9 @@ class BpbChart(Widget):
         legend = [("●", "kept", "kept", "keep"), ("•", "discarded", "disc", "discard"),
                   (CRASH, "crashed", "crash", "crash"), ("━", "best so far", "best", "best"),
                   (OFF_SCALE, f"{n_over} off scale", f"{n_over} over", "over")]
+        if band:
+            z = self.noise[1]
+            legend.append((BAND, f"noise ±{_zs(z)}σ", f"±{_zs(z)}σ", "band"))
         legend = [x for x in legend if not (x[3] == "crash" and not crashes) and not (x[3] == "over" and not n_over)]
         long = sum(len(x[1]) + 4 for x in legend) <= width
         for mark, name, short, layer in legend:
@@ -204,7 +237,7 @@ class BpbChart(Widget):
         first = min(r.n for r in self.rows)
         last = max(r.n for r in self.rows)
         frontier = [(r.n, r.best_after) for r in self.rows if r.best_after is not None]
-        cells = render_chart(points, plot_w, plot_h, lo, hi, frontier, first, last)
+        cells = render_chart(points, plot_w, plot_h, lo, hi, frontier, first, last, band)
         for r, row in enumerate(cells):
             out.append("\n")
             pos = {0: hi, plot_h - 1: lo}

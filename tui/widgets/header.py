@@ -75,6 +75,53 @@ def in_flight(snap, runs) -> str:
     return text
 
 
+def _num(v) -> float | None:
+    import math
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return None
+    return float(v)
+
+
+def noise_text(engine) -> str | None:
+    """'σ 0.0006 from 3 runs': the engine's measured noise floor (engine.json extra["noise"]), if known."""
+    noise = engine.extra.get("noise") if engine is not None else None
+    if not isinstance(noise, dict) or _num(noise.get("sigma")) is None:
+        return None
+    text = noise.get("text")
+    if isinstance(text, str) and text.strip():
+        # the first line is full: "σ 0.0006 from 3 runs" next to the best it qualifies (the help says noise)
+        return sanitize_line(text.strip().removeprefix("noise "), 80)
+    runs = noise.get("runs")
+    return f"σ {_num(noise['sigma']):.4f}" + (f" from {runs} runs" if isinstance(runs, int) else "")
+
+
+def cost_text(engine) -> str | None:
+    """'$0.42 spent · $0.060/proposal': what the agent has cost (engine.json extra["cost"]), once anything is."""
+    cost = engine.extra.get("cost") if engine is not None else None
+    if not isinstance(cost, dict):
+        return None
+    usd = _num(cost.get("usd"))
+    if not usd:
+        return None
+    est = "~" if cost.get("estimated") is True else ""
+    text = f"{est}${usd:.2f} spent"
+    cap = _num(cost.get("max_usd"))
+    if cap:
+        text += f" of ${cap:.2f}"
+    n = cost.get("proposals")
+    if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+        text += f" · {est}${usd / n:.3f}/proposal"
+    return text
+
+
+def integrity_short(engine) -> str | None:
+    """'L2': the integrity level runs are scored at (engine.json extra["integrity"], e.g. "L2 (landlock ABI 7)")."""
+    level = engine.extra.get("integrity") if engine is not None else None
+    if not isinstance(level, str) or not level.strip():
+        return None
+    return sanitize_line(level.split()[0], 8)
+
+
 class DashboardHeader(Widget):
     """Attributes down: the screen sets snapshot/notice; a 1 Hz timer calls refresh() for the countdown."""
 
@@ -189,6 +236,10 @@ class DashboardHeader(Widget):
             if s.baseline is not None and s.baseline > 0 and s.best != s.baseline:
                 gain = s.best - s.baseline
                 out.append(f" ({gain:+.6f}, {100 * gain / s.baseline:+.2f}% vs baseline)".replace("-", "−"))
+        noise = noise_text(e)
+        if noise:
+            out.append("  │  ", style=self._st("dim"))
+            out.append(noise)
         # line 2: what the current experiment tries (untrusted text); with several in flight, the Slots pane
         # says that, and this line the latest result
         out.append("\n")
@@ -215,6 +266,12 @@ class DashboardHeader(Widget):
                    f"{c.get('crash', 0)} crashed", style=self._st("dim"))
         if e and e.agent:
             out.append(f" · agent {sanitize_line(e.agent, 40)}", style=self._st("dim"))
+        level = integrity_short(e)
+        if level:
+            out.append(f" · integrity {level}", style=self._st("warn" if level == "L1" else "dim"))
+        cost = cost_text(e)
+        if cost:
+            out.append(f" · {cost}")
         if s.pending_ideas:
             out.append(f" · {s.pending_ideas} idea{'s' if s.pending_ideas != 1 else ''} queued", style=self._st("dim"))
         # line 4 (only when there is something to say): warnings and notices

@@ -26,6 +26,19 @@ COLUMNS = (("id", 5), ("commit", 7), ("val_bpb", 8), ("Δ decided", 9), ("mem GB
            ("description", 0))
 
 
+CONF_W = 8  # "z 2.4 ×2"
+
+
+def confidence_of(r) -> str:
+    """The ledger annotation's confidence ("z 3.5", "z 2.4 ×2"), or "person" for a person's decision; ''."""
+    f = getattr(r.entry, "finished", None)
+    if f is None:
+        return ""
+    if f.confidence:
+        return sanitize_line(f.confidence, CONF_W)
+    return "person" if f.decided_by == "person" else ""
+
+
 def filter_rows(rows, status: str | None, needle: str, haystack: list[str] | None = None) -> list:
     """Newest first; status None = all; needle matched case-insensitively against id, commit, description."""
     needle = needle.lower().strip()
@@ -81,6 +94,8 @@ class ResultsTable(ScrollView, can_focus=True):
         self.view: list = []
         self._haystack: list[str] = []
         self._id_width = 5  # "0001 " ids; upstream rows are "#123": as wide as the longest label
+        self._conf: list[str] = []  # confidence per row (same order as rows)
+        self._show_conf = False  # the column appears once any decision carries a confidence
         self._style = ComponentStyles(self, "results-table--")
 
     # --- data ---
@@ -90,6 +105,8 @@ class ResultsTable(ScrollView, can_focus=True):
         if rows is not self.rows:
             self._haystack = [f"{r.exp_id or ''} {r.commit} {r.description}".lower() for r in rows]
             self._id_width = min(12, max([5, *(len(r.label) for r in rows)]))
+            self._conf = [confidence_of(r) for r in rows]
+            self._show_conf = any(self._conf)
         self.rows, self.best, self.best_commit = rows, best, best_commit
         self._refilter()
 
@@ -166,6 +183,8 @@ class ResultsTable(ScrollView, can_focus=True):
         styles = self._styles()
         if y == 0:
             cells = [title.ljust(self._id_width if title == "id" else w) if w else title for title, w in COLUMNS]
+            if self._show_conf:
+                cells.insert(4, "conf".ljust(CONF_W))
             return Strip([Segment(" ".join(cells), base + styles["header"])]).crop_extend(0, width, base)
         idx = round(self.scroll_offset.y) + y - 1
         if idx >= len(self.view):
@@ -190,6 +209,9 @@ class ResultsTable(ScrollView, can_focus=True):
             status = "keep ◆"  # the best now (the header and the ratchet say the same)
         cells = [r.label[:12].ljust(self._id_width), r.commit[:7].ljust(7), val.rjust(8), delta.rjust(9), mem.rjust(6),
                  status.ljust(7), sanitize_line(r.description, 500)]
+        if self._show_conf:
+            conf = self._conf[r.n - 1] if 0 < r.n <= len(self._conf) else ""
+            cells.insert(4, conf.ljust(CONF_W))
         return Strip([Segment(" ".join(cells), row_style)]).crop_extend(0, width, row_style if idx == self.cursor
                                                                          else base)
 

@@ -38,6 +38,16 @@ def slot_name(slot) -> str:
     return f"slot {slot.id}"
 
 
+def node_of(slot) -> str:
+    """Where a Ray run is placed: its node, and its GPU when the label does not say it already; '' otherwise."""
+    if not slot.node:
+        return ""
+    text = sanitize_line(slot.node, 20)
+    if slot.gpu is not None and "gpu" not in (slot.label or "").lower():
+        text += f" GPU {slot.gpu}"
+    return text
+
+
 def vs_best(run, best_curve) -> tuple[str, float | None]:
     """'3.412 −0.043': the run's live loss and its difference from the best run's loss at the same progress."""
     if run is None or run.loss is None:
@@ -143,16 +153,21 @@ class SlotsPane(Widget, can_focus=True):
         names = [slot_name(s) for s in self.slots] or ["slot"]
         w = max(8, *(len(n) for n in names))
         mem_title = "VRAM" if gpu else "RAM"
-        out.append(f"  {'slot'.ljust(w)} {'exp'.ljust(5)} {'stage'.ljust(10)} {'training'.rjust(11)} "
+        nodes = [node_of(s) for s in self.slots]
+        nw = max([4, *(len(n) for n in nodes)]) if any(nodes) else 0  # a node column only for Ray runs
+        node_head = f"{'node'.ljust(nw)} " if nw else ""
+        out.append(f"  {'slot'.ljust(w)} {node_head}{'exp'.ljust(5)} {'stage'.ljust(10)} {'training'.rjust(11)} "
                    f"{'elapsed'.rjust(7)} {'loss'.rjust(6)} {'vs best'.rjust(7)} {mem_title.rjust(6)}  what",
                    style=self._st("head"))
-        for s, name in zip(self.slots, names):
+        for s, name, node in zip(self.slots, names, nodes):
             out.append("\n")
             mark = "▶ " if s.id == self.selected else "  "
             line_style = self._st("cursor") if s.id == self.selected and self.has_focus else None
             start = len(out)
             out.append(mark, style=self._st("label"))
             out.append(name.ljust(w), style=self._st("label"))
+            if nw:
+                out.append(" " + node.ljust(nw), style=self._st("dim"))
             if not s.experiment:
                 out.append(" " + "—".ljust(5) + " " + "idle", style=self._st("dim"))
                 if line_style is not None:
