@@ -349,6 +349,9 @@ async def test_small_terminal_uses_tabs_and_stays_usable(tmp_path):
     app = make_app(root)
     async with app.run_test(size=SMALL) as pilot:
         await pilot.pause()
+        # the footer is recomposed after the first refresh (KeyFooter.on_resize): on a loaded machine it may not
+        # be drawn yet at the first pause
+        await wait_for(pilot, lambda: "q quit" in screen_text(app).split("\n")[-1])
         text = screen_text(app)
         lines = text.split("\n")
         assert len(lines) == 24
@@ -358,6 +361,7 @@ async def test_small_terminal_uses_tabs_and_stays_usable(tmp_path):
         assert "q quit" in lines[-1] and "p pause" in lines[-1] and "[] pane" in lines[-1]
         await pilot.press("right_square_bracket")
         await pilot.pause()
+        await wait_for(pilot, lambda: "⏎ open" in screen_text(app).split("\n")[-1])
         text = screen_text(app)
         lines = text.split("\n")
         assert lines[1].startswith(" try [bold]GELU[/bold]") and lines[2].startswith(" ~/ws · tag nov26")
@@ -392,6 +396,7 @@ async def test_the_80_column_footer_keeps_the_keys_that_matter_whole(tmp_path, e
     async with app.run_test(size=SMALL) as pilot:
         await pilot.press("right_square_bracket")  # the results tab: "⏎ open" joins the footer
         await pilot.pause()
+        await wait_for(pilot, lambda: "⏎ open" in screen_text(app).split("\n")[-1])  # redrawn after the refresh
         footer = screen_text(app).split("\n")[-1]
         want = {"running": "p pause", "paused": "r resume", "dead": "s start"}[engine]
         for item in ("⏎ open", want, "a abort", "i idea", "e edit", "t agent", "[] pane", "? help", "q quit"):
@@ -401,6 +406,7 @@ async def test_the_80_column_footer_keeps_the_keys_that_matter_whole(tmp_path, e
         # a wide terminal shows them all
         await pilot.resize_terminal(160, 50)
         await pilot.pause()
+        await wait_for(pilot, lambda: "1234 filter" in screen_text(app).split("\n")[-1])
         footer = screen_text(app).split("\n")[-1]
         assert "/ search" in footer and "1234 filter" in footer and "[] pane" in footer
 
