@@ -1126,9 +1126,7 @@ class Engine:
         if self.ws.program_md.exists() and self.rat.differs_from_head("program.md"):
             blob = self.rat.git("hash-object", "--", str(self.ws.program_md)).strip()
             journal.write(self.ws, journal.Journal(self.branch, self.head, None, None, program_blob=blob))
-            faults.point("program_intent")
             sha = self.rat.commit_paths(["program.md"], PROGRAM_MESSAGE)
-            faults.point("program_committed")
             self.head = sha
             journal.write(self.ws, journal.Journal(self.branch, self.head))
             self.events.emit("program_committed", None, commit=sha)

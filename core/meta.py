@@ -16,7 +16,8 @@ FINAL = ("keep", "discard", "crash", "skipped")
 STATUSES = ACTIVE + FINAL + ("running",)  # "running": what milestone-1 engines wrote while in flight
 
 
-def _num(v) -> float | None:
+def number(v) -> float | None:
+    """A finite JSON number as float (never a bool), else None."""
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         return None
     return float(v)
@@ -52,7 +53,7 @@ class AgentUsage:
         d = data if isinstance(data, dict) else {}
         return cls(name=_str(d.get("name"), 100), model=_str(d.get("model"), 100),
                    input_tokens=_int(d.get("input_tokens")), output_tokens=_int(d.get("output_tokens")),
-                   cost_usd=_num(d.get("cost_usd")), cost_estimated=d.get("cost_estimated") is True,
+                   cost_usd=number(d.get("cost_usd")), cost_estimated=d.get("cost_estimated") is True,
                    turns=_int(d.get("turns")),
                    error=_str(d.get("error"), 500), error_kind=_str(d.get("error_kind"), 20))
 
@@ -117,17 +118,17 @@ class ExperimentMeta:
             id=data["id"][:40], tag=_str(data.get("tag"), 100), branch=_str(data.get("branch"), 200), kind=kind,
             status=status, description=_str(data.get("description"), 2000), commit=_str(data.get("commit"), 64),
             parent=_str(data.get("parent"), 64), base=_str(data.get("base"), 64),
-            reference_val_bpb=_num(data.get("reference_val_bpb")), reference_id=_str(data.get("reference_id"), 40),
+            reference_val_bpb=number(data.get("reference_val_bpb")), reference_id=_str(data.get("reference_id"), 40),
             confirms=_str(data.get("confirms"), 40), confirmed_by=_str(data.get("confirmed_by"), 40),
             slot=data.get("slot") if isinstance(data.get("slot"), dict) else None, seed=_int(data.get("seed")),
-            val_bpb=_num(data.get("val_bpb")), memory_gb=_num(data.get("memory_gb")),
+            val_bpb=number(data.get("val_bpb")), memory_gb=number(data.get("memory_gb")),
             metrics=data.get("metrics") if isinstance(data.get("metrics"), dict) else {},
             reason=_str(data.get("reason")), decided_by=str(data.get("decided_by") or "engine")[:20],
             simplification=data.get("simplification") is True, lines_added=_int(data.get("lines_added")) or 0,
             lines_removed=_int(data.get("lines_removed")) or 0, idea=_str(data.get("idea")),
             agent=AgentUsage.from_json(data["agent"]) if isinstance(data.get("agent"), dict) else None,
-            started_at=_num(data.get("started_at")), training_started_at=_num(data.get("training_started_at")),
-            finished_at=_num(data.get("finished_at")),
+            started_at=number(data.get("started_at")), training_started_at=number(data.get("training_started_at")),
+            finished_at=number(data.get("finished_at")),
             timings=data.get("timings") if isinstance(data.get("timings"), dict) else {},
             tsv_offset=_int(data.get("tsv_offset")) or 0,
             extra={k: v for k, v in data.items() if k not in known})

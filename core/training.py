@@ -4,8 +4,8 @@ A run (run_training) is, in order:
 1. the trainer: train.py in a fresh run folder, started by the launcher (core/sandbox.py) in a Landlock
    sandbox where the OS has one, with an environment built from an allow-list, HOME in the run folder;
 2. the hand-over: train.py exports its model (prepare.hand_over) into $AUTORESEARCH_HANDOFF (.handoff/ of
-   the run folder); the engine takes it the moment it appears, which ends the trainer's training time: TIME_BUDGET + STARTUP_ALLOWANCE (both of
-   constants.py) is the limit, measured here, whatever train.py counts;
+   the run folder); the engine takes it the moment it appears, which ends the trainer's training time:
+   TIME_BUDGET + STARTUP_ALLOWANCE (both of constants.py) is the limit, measured here, whatever train.py counts;
 3. containment: the trainer and everything it started are gone before anything is measured;
 4. the evaluator: a trusted copy of prepare.py (`--evaluate`), run by the same launcher in its own
    sandbox, loads the exported graph without running any of train.py's code and computes val_bpb.

@@ -12,6 +12,7 @@ from pathlib import Path
 from core import ledger as ledger_mod
 from core.errors import UserError
 from core.ledger import ABORTED
+from core.meta import number
 from core.status import Current, EngineStatus, Proposal, SlotRun, clean_id, is_alive
 from core.workspace import Workspace, read_json
 
@@ -330,3 +331,12 @@ def read_experiment(root: Path, exp_id: str | None) -> ExperimentFiles:
     return ExperimentFiles(meta if isinstance(meta, dict) else {}, metrics if isinstance(metrics, dict) else {},
                            diff, (d / "train.log") if (d / "train.log").is_file() else None,
                            (d / "agent.log") if (d / "agent.log").is_file() else None)
+
+
+def noise_of(engine: EngineStatus | None) -> tuple[float, float] | None:
+    """(σ, z) of engine.json's extra["noise"] once σ is measured; None otherwise (the header and the chart)."""
+    noise = engine.extra.get("noise") if engine is not None else None
+    if not isinstance(noise, dict):
+        return None
+    sigma, z = number(noise.get("sigma")), number(noise.get("z"))
+    return (sigma, z) if sigma is not None and z is not None and sigma > 0 and z > 0 else None

@@ -11,7 +11,8 @@ from textual.widgets import Input, Tab, Tabs
 
 from ..logstream import format_agent_line
 from ..messages import ExperimentChosen, SlotSelected
-from ..widgets.chart import BpbChart, noise_of
+from ..state import noise_of
+from ..widgets.chart import BpbChart
 from ..widgets.footer import KeyFooter
 from ..widgets.gpugauge import GpuGauge
 from ..widgets.header import DashboardHeader

@@ -15,6 +15,8 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Static, TabbedContent, TabPane
 
+from core.meta import number
+
 from ..logstream import format_agent_line, sanitize_block, sanitize_line
 from ..state import read_experiment
 from ..widgets.logpane import LogPane
@@ -57,10 +59,6 @@ def diff_renderable(diff: str) -> Syntax:
     return Syntax(text, "diff", theme="ansi_dark", word_wrap=False, background_color="default")
 
 
-def _num(v) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
-
 def early_stop_text(meta: dict, finished) -> str | None:
     """Why the early-stop rule stopped this run, and where ('at 40 % of the budget'); None if it was not."""
     es = meta.get("early_stop")
@@ -69,7 +67,7 @@ def early_stop_text(meta: dict, finished) -> str | None:
     es = es if isinstance(es, dict) else {}
     reason = es.get("reason") or (finished.reason if finished is not None else None) or meta.get("reason")
     text = sanitize_line(str(reason), 600) if reason else "by the early-stop rule"
-    frac = _num(es.get("fraction"))
+    frac = number(es.get("fraction"))
     if frac is not None and "%" not in text:
         text += f" (at {round(100 * frac)} % of the budget)"
     return text
@@ -86,10 +84,10 @@ def rule_text(meta: dict, finished) -> str | None:
     if conf:
         parts.append(f"confidence {sanitize_line(str(conf), 40)}")
     bits = []
-    if _num(rule.get("z")) is not None:
-        bits.append(f"bar z {_fmt(_num(rule['z']))}")
-    if _num(rule.get("sigma")) is not None:
-        bits.append(f"σ {_num(rule['sigma']):.6f}")
+    if number(rule.get("z")) is not None:
+        bits.append(f"bar z {_fmt(number(rule['z']))}")
+    if number(rule.get("sigma")) is not None:
+        bits.append(f"σ {number(rule['sigma']):.6f}")
     if isinstance(rule.get("runs"), int) and rule["runs"] > 1:
         bits.append(f"mean of {rule['runs']} runs")
     text = ": ".join(parts) if len(parts) > 1 else parts[0]
@@ -161,7 +159,7 @@ class ExperimentScreen(Screen):
         meta, f = self.files.meta, self.finished
         parts = []
         who = decided_by(meta, f)
-        if who and (who != "engine" or "decided_by" in meta or (f is not None and f.decided_by)):
+        if who:
             parts.append(f"decided by {who}")
         rule = rule_text(meta, f)
         if rule:
@@ -261,7 +259,7 @@ class ExperimentScreen(Screen):
             row("commit", meta.get("commit"))
         row("parent commit", meta.get("parent"))
         row("stopped early", early_stop_text(meta, self.finished))
-        row("decided by", decided_by(meta, self.finished) if ("decided_by" in meta or self.finished) else None)
+        row("decided by", decided_by(meta, self.finished))
         row("keep rule", rule_text(meta, self.finished))
         row("integrity", meta.get("integrity") if isinstance(meta.get("integrity"), str) else None)
         if meta.get("simplification"):

@@ -141,16 +141,6 @@ def _zs(z: float) -> str:
     return f"{z:g}"
 
 
-def noise_of(engine) -> tuple[float, float] | None:
-    """(σ, z) from engine.json's extra["noise"] when σ is measured; None otherwise."""
-    noise = engine.extra.get("noise") if engine is not None else None
-    if not isinstance(noise, dict):
-        return None
-    sigma, z = noise.get("sigma"), noise.get("z")
-    ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1e6 for v in (sigma, z))
-    return (float(sigma), float(z)) if ok else None
-
-
 class BpbChart(Widget):
     """Attributes down: set_rows(rows, best, baseline) with state.Experiment rows."""
 
@@ -214,7 +204,7 @@ class BpbChart(Widget):
         band = None
         if self.noise is not None:
             sigma, z = self.noise
-            band = sigma * z if sigma > 0 and z > 0 else None
+            band = sigma * z
             if band and self.best is not None and self.best - band < lo:
                 lo = self.best - band  # room for the band's lower edge under the best
         n_over = sum(1 for _, v, _ in points if v > hi)

@@ -9,7 +9,10 @@ from pathlib import Path
 from rich.text import Text
 from textual.widget import Widget
 
+from core.meta import number
+
 from ..logstream import sanitize_line
+from ..state import noise_of
 from .styles import ComponentStyles
 
 
@@ -75,24 +78,18 @@ def in_flight(snap, runs) -> str:
     return text
 
 
-def _num(v) -> float | None:
-    import math
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        return None
-    return float(v)
-
-
 def noise_text(engine) -> str | None:
     """'σ 0.0006 from 3 runs': the engine's measured noise floor (engine.json extra["noise"]), if known."""
-    noise = engine.extra.get("noise") if engine is not None else None
-    if not isinstance(noise, dict) or _num(noise.get("sigma")) is None:
+    measured = noise_of(engine)
+    if measured is None:
         return None
+    noise = engine.extra["noise"]
     text = noise.get("text")
     if isinstance(text, str) and text.strip():
         # the first line is full: "σ 0.0006 from 3 runs" next to the best it qualifies (the help says noise)
         return sanitize_line(text.strip().removeprefix("noise "), 80)
     runs = noise.get("runs")
-    return f"σ {_num(noise['sigma']):.4f}" + (f" from {runs} runs" if isinstance(runs, int) else "")
+    return f"σ {measured[0]:.4f}" + (f" from {runs} runs" if isinstance(runs, int) else "")
 
 
 def cost_text(engine) -> str | None:
@@ -100,12 +97,12 @@ def cost_text(engine) -> str | None:
     cost = engine.extra.get("cost") if engine is not None else None
     if not isinstance(cost, dict):
         return None
-    usd = _num(cost.get("usd"))
+    usd = number(cost.get("usd"))
     if not usd:
         return None
     est = "~" if cost.get("estimated") is True else ""
     text = f"{est}${usd:.2f} spent"
-    cap = _num(cost.get("max_usd"))
+    cap = number(cost.get("max_usd"))
     if cap:
         text += f" of ${cap:.2f}"
     n = cost.get("proposals")
